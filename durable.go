@@ -1,0 +1,378 @@
+package durable
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/pgdurable/durable/internal/expr"
+	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/pgident"
+	"github.com/pgdurable/durable/riverjobs"
+)
+
+// DefaultQueue is the River queue durable runs are inserted into unless
+// [Config.Queue] says otherwise.
+const DefaultQueue = "durable"
+
+// Default limits and settings; see [Config].
+const (
+	DefaultMaxWorkers    = 100
+	DefaultRecoverAfter  = 30 * time.Second
+	DefaultMaxEventSize  = 512 << 10
+	DefaultMaxStepOutput = 4 << 20
+	DefaultMaxRunState   = 32 << 20
+	DefaultMaxSteps      = 1000
+	DefaultRetries       = 4
+)
+
+// Config configures a [Client].
+type Config struct {
+	// Functions this process can execute. May be empty: a send-only client
+	// (an API server, say) sends events and reads runs, and the functions
+	// run on the processes that have them.
+	Functions []Function
+	// Logger receives the library's logs. Defaults to slog.Default().
+	Logger *slog.Logger
+	// MaxWorkers is the number of runs executing at once in this process.
+	// Sleeping and waiting runs do not count. Defaults to 100.
+	MaxWorkers int
+	// Schema is the Postgres schema of the library's and River's tables
+	// (see migrate.Up). Defaults to "durable".
+	Schema string
+
+	// RetryBackoff is the delay before retry number n (1-based) of a failed
+	// step. Defaults to exponential backoff with jitter, starting in
+	// seconds: about 10s, 20s, 40s, 80s, ... capped at 12 hours, each plus
+	// up to 20% jitter.
+	RetryBackoff func(n int) time.Duration
+	// RecoverAfter bounds how long a run whose worker process died waits
+	// before another process resumes it: a process heartbeats every
+	// RecoverAfter/5, and a run attempt held by a process whose heartbeat
+	// is older than RecoverAfter is handed to another. A live process is
+	// never interrupted, however long its step runs. Defaults to 30 seconds.
+	RecoverAfter time.Duration
+
+	// Queue is the River queue durable runs go to. Defaults to "durable".
+	Queue string
+	// ExternalRiver, when true, means the app's own River client works
+	// durable's jobs: register them on its river.Workers with
+	// [Client.AddWorkers] and give that client the queue [Config.Queue].
+	// Start then runs only durable's own upkeep (heartbeats, recovery,
+	// punctual wake-ups). Defaults to false: the client runs an internal
+	// River client with MaxWorkers workers.
+	ExternalRiver bool
+	// MaxEventSize caps the JSON size of an event's data. Defaults to 512 KiB.
+	MaxEventSize int
+	// MaxStepOutput caps the JSON size of one step's output. Defaults to 4 MiB.
+	MaxStepOutput int
+	// MaxRunState caps the total JSON size of a run's step outputs.
+	// Defaults to 32 MiB.
+	MaxRunState int
+	// MaxSteps caps the number of steps of one run. Defaults to 1000.
+	MaxSteps int
+}
+
+// Client sends events, executes functions and reads runs.
+type Client struct {
+	pool          *pgxpool.Pool
+	cfg           Config
+	schema        string
+	q             queries
+	river         *river.Client[pgx.Tx]
+	funcs         map[string]*funcDef
+	exprs         *expr.Cache
+	logger        *slog.Logger
+	workerID      string
+	notifyChannel string
+	notifyPayload string
+
+	mu        sync.Mutex
+	started   bool
+	stopped   bool
+	stopping  atomic.Bool
+	bgCancel  context.CancelFunc
+	bgDone    sync.WaitGroup
+	attempers map[string]bool // River client IDs whose heartbeat this process keeps
+	active    sync.Map        // run ID -> struct{}: attempts executing in this process
+	activeN   atomic.Int64
+	wakeCh    chan time.Time
+}
+
+// NewClient builds a client. It checks every function and option and
+// reports all problems found, naming the function and field; options that
+// are part of the API but not implemented yet are rejected with an error
+// wrapping [ErrNotSupported].
+func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
+	if pool == nil {
+		return nil, errors.New("durable: NewClient: pool is nil")
+	}
+	cfg := Config{}
+	if config != nil {
+		cfg = *config
+	}
+	schema, err := pgident.Schema(cfg.Schema)
+	if err != nil {
+		return nil, fmt.Errorf("durable: Config.Schema: %w", err)
+	}
+	cfg.Schema = schema
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var errs []error
+	setDefault := func(v *int, def int, field string) {
+		if *v < 0 {
+			errs = append(errs, fmt.Errorf("durable: Config.%s must not be negative", field))
+		}
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setDefault(&cfg.MaxWorkers, DefaultMaxWorkers, "MaxWorkers")
+	setDefault(&cfg.MaxEventSize, DefaultMaxEventSize, "MaxEventSize")
+	setDefault(&cfg.MaxStepOutput, DefaultMaxStepOutput, "MaxStepOutput")
+	setDefault(&cfg.MaxRunState, DefaultMaxRunState, "MaxRunState")
+	setDefault(&cfg.MaxSteps, DefaultMaxSteps, "MaxSteps")
+	if cfg.RecoverAfter < 0 {
+		errs = append(errs, errors.New("durable: Config.RecoverAfter must not be negative"))
+	}
+	if cfg.RecoverAfter == 0 {
+		cfg.RecoverAfter = DefaultRecoverAfter
+	}
+	if cfg.RecoverAfter > 0 && cfg.RecoverAfter < 500*time.Millisecond {
+		errs = append(errs, errors.New("durable: Config.RecoverAfter must be at least 500ms"))
+	}
+	if cfg.RetryBackoff == nil {
+		cfg.RetryBackoff = DefaultRetryBackoff
+	}
+	if cfg.Queue == "" {
+		cfg.Queue = DefaultQueue
+	}
+
+	c := &Client{
+		pool:          pool,
+		cfg:           cfg,
+		schema:        schema,
+		funcs:         map[string]*funcDef{},
+		exprs:         &expr.Cache{},
+		logger:        cfg.Logger,
+		workerID:      workerID(),
+		notifyChannel: schema + ".river_insert",
+		notifyPayload: fmt.Sprintf(`{"queue": %q}`, cfg.Queue),
+		attempers:     map[string]bool{},
+		wakeCh:        make(chan time.Time, 1),
+	}
+	for i, f := range cfg.Functions {
+		if f == nil {
+			errs = append(errs, fmt.Errorf("durable: Config.Functions[%d] is nil", i))
+			continue
+		}
+		d := f.def()
+		if err := c.checkFunction(d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, dup := c.funcs[d.opts.ID]; dup {
+			errs = append(errs, fmt.Errorf("durable: two functions have the ID %q", d.opts.ID))
+			continue
+		}
+		c.funcs[d.opts.ID] = d
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if c.q, err = loadQueries(schema); err != nil {
+		return nil, err
+	}
+
+	riverCfg := &river.Config{
+		ID:                   c.workerID,
+		Schema:               schema,
+		Logger:               slog.New(levelFilter{min: slog.LevelWarn, h: cfg.Logger.Handler()}),
+		FetchCooldown:        2 * time.Millisecond,
+		FetchPollInterval:    time.Second,
+		JobTimeout:           -1,
+		RescueStuckJobsAfter: 100 * 365 * 24 * time.Hour, // durable detects dead workers itself
+		MaxAttempts:          1000,
+	}
+	if len(c.funcs) > 0 && !cfg.ExternalRiver {
+		workers := river.NewWorkers()
+		if err := c.AddWorkers(workers); err != nil {
+			return nil, err
+		}
+		riverCfg.Workers = workers
+		riverCfg.Queues = map[string]river.QueueConfig{cfg.Queue: {MaxWorkers: cfg.MaxWorkers}}
+	}
+	c.river, err = river.NewClient(riverpgxv5.New(pool), riverCfg)
+	if err != nil {
+		return nil, fmt.Errorf("durable: river client: %w", err)
+	}
+	return c, nil
+}
+
+// AddWorkers registers the worker that executes durable runs on workers,
+// for apps whose own River client works durable's jobs (see
+// [Config.ExternalRiver]). That River client must use the same schema and
+// have the queue [Config.Queue]; set its RescueStuckJobsAfter high (durable
+// recovers runs of dead processes itself, after RecoverAfter).
+func (c *Client) AddWorkers(workers *river.Workers) error {
+	return river.AddWorkerSafely(workers, &riverjobs.RunWorker{Exec: c})
+}
+
+// DefaultRetryBackoff is the default [Config.RetryBackoff]: 10s doubling
+// per retry, capped at 12 hours, plus up to 20% jitter.
+func DefaultRetryBackoff(n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	d := 10 * time.Second
+	for i := 1; i < n && d < 12*time.Hour; i++ {
+		d *= 2
+	}
+	d = min(d, 12*time.Hour)
+	return d + time.Duration(float64(d)*0.2*randFloat())
+}
+
+// Start begins executing runs of the configured functions: it registers
+// them (so that events sent from any process reach them), starts the River
+// workers and the upkeep loops. It is a no-op for a client without
+// functions.
+func (c *Client) Start(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return errors.New("durable: Start after Stop: build a new client")
+	}
+	if c.started || len(c.funcs) == 0 {
+		return nil
+	}
+	if err := c.registerFunctions(ctx); err != nil {
+		return err
+	}
+	c.attempers[c.workerID] = true
+	if err := c.heartbeat(ctx); err != nil {
+		return fmt.Errorf("durable: heartbeat: %w", err)
+	}
+	if !c.cfg.ExternalRiver {
+		if err := c.river.Start(ctx); err != nil {
+			return fmt.Errorf("durable: starting river: %w", err)
+		}
+	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.bgCancel = cancel
+	c.startUpkeep(bg)
+	c.started = true
+	return nil
+}
+
+// Stop stops executing runs. Runs in flight finish the step they are
+// executing and are put back in the queue at their next step boundary, for
+// this or another process to continue without waiting for a recovery. If
+// ctx ends first, the remaining steps' contexts are cancelled (their
+// results are not recorded; the steps run again elsewhere).
+func (c *Client) Stop(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.started || c.stopped {
+		c.stopped = true
+		return nil
+	}
+	c.stopped = true
+	c.stopping.Store(true)
+	var stopErr error
+	if !c.cfg.ExternalRiver {
+		if err := c.river.Stop(ctx); err != nil {
+			hard, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			stopErr = c.river.StopAndCancel(hard)
+			cancel()
+			if stopErr == nil && ctx.Err() != nil {
+				stopErr = ctx.Err()
+			}
+		}
+	} else {
+		for c.activeN.Load() > 0 && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	c.bgCancel()
+	c.bgDone.Wait()
+	// Forget this process's heartbeats so that anything it left running
+	// is recovered at once rather than after RecoverAfter.
+	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := c.pool.Exec(cleanup, c.q.get("DeleteWorker"), c.heartbeatIDs()); err != nil && stopErr == nil {
+		stopErr = fmt.Errorf("durable: removing worker heartbeat: %w", err)
+	}
+	return stopErr
+}
+
+func (c *Client) registerFunctions(ctx context.Context) error {
+	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		for _, d := range c.funcs {
+			if _, err := tx.Exec(ctx, c.q.get("UpsertFunction"), d.opts.ID, d.opts.Name, d.retries()); err != nil {
+				return fmt.Errorf("durable: registering function %q: %w", d.opts.ID, err)
+			}
+			if _, err := tx.Exec(ctx, c.q.get("DeleteTriggers"), d.opts.ID); err != nil {
+				return fmt.Errorf("durable: registering function %q: %w", d.opts.ID, err)
+			}
+			var idx []int32
+			var names, ifs, crons []string
+			for i, t := range d.opts.Triggers {
+				idx = append(idx, int32(i))
+				names = append(names, t.Event)
+				ifs = append(ifs, t.If)
+				crons = append(crons, t.Cron)
+			}
+			if len(idx) == 0 {
+				continue
+			}
+			if _, err := tx.Exec(ctx, c.q.get("InsertTriggers"), d.opts.ID, idx, names, ifs, crons); err != nil {
+				return fmt.Errorf("durable: registering triggers of %q: %w", d.opts.ID, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (d *funcDef) retries() int {
+	if d.opts.Retries == nil {
+		return DefaultRetries
+	}
+	return *d.opts.Retries
+}
+
+func workerID() string {
+	host, _ := os.Hostname()
+	if len(host) > 40 {
+		host = host[:40]
+	}
+	return fmt.Sprintf("%s_%d_%s", host, os.Getpid(), ids.New()[16:])
+}
+
+// levelFilter drops records below min, to keep River's info logs out of the
+// user's logs.
+type levelFilter struct {
+	min slog.Level
+	h   slog.Handler
+}
+
+func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= f.min && f.h.Enabled(ctx, l)
+}
+func (f levelFilter) Handle(ctx context.Context, r slog.Record) error { return f.h.Handle(ctx, r) }
+func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelFilter{min: f.min, h: f.h.WithAttrs(a)}
+}
+func (f levelFilter) WithGroup(n string) slog.Handler {
+	return levelFilter{min: f.min, h: f.h.WithGroup(n)}
+}

@@ -1,0 +1,93 @@
+package durable
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/pgdurable/durable/internal/ids"
+)
+
+// Event is something that happened, sent with [Client.Send],
+// [Client.SendTx] or [SendEvent]. Functions whose triggers match it run.
+type Event struct {
+	ID        string    // optional; events with the same ID within 24h are delivered once
+	Name      string    // required, e.g. "cart/checkout.completed"
+	Data      any       // JSON-marshalable
+	Timestamp time.Time // defaults to now
+}
+
+// System event names emitted by the library.
+const (
+	EventFunctionFinished  = "durable/function.finished"
+	EventFunctionFailed    = "durable/function.failed"
+	EventFunctionCancelled = "durable/function.cancelled"
+	EventFunctionInvoked   = "durable/function.invoked"
+	EventScheduledTimer    = "durable/scheduled.timer"
+)
+
+// eventJSON is an event's JSON form, the same shape everywhere: stored in
+// runs, seen by CEL expressions as `event`.
+type eventJSON struct {
+	ID   string          `json:"id"`
+	Name string          `json:"name"`
+	Data json.RawMessage `json:"data"`
+	TS   time.Time       `json:"ts"`
+}
+
+// asMap returns the event as CEL sees it.
+func (e eventJSON) asMap() map[string]any {
+	var data any
+	if len(e.Data) > 0 {
+		_ = json.Unmarshal(e.Data, &data)
+	}
+	return map[string]any{"id": e.ID, "name": e.Name, "data": data, "ts": e.TS.UTC().Format(time.RFC3339Nano)}
+}
+
+// prepareEvent validates an event and turns it into its stored form. i is
+// its position in the call, used in error messages.
+func prepareEvent(e Event, i int, maxSize int) (eventJSON, error) {
+	where := fmt.Sprintf("event %d", i)
+	if e.Name != "" {
+		where = fmt.Sprintf("event %d (%q)", i, e.Name)
+	}
+	name := strings.TrimSpace(e.Name)
+	if name == "" {
+		return eventJSON{}, fmt.Errorf("durable: %s: Name is required", where)
+	}
+	if len(name) > 256 {
+		return eventJSON{}, fmt.Errorf("durable: %s: Name is %d bytes, over the 256-byte limit", where, len(name))
+	}
+	if len(e.ID) > 256 {
+		return eventJSON{}, fmt.Errorf("durable: %s: ID is %d bytes, over the 256-byte limit", where, len(e.ID))
+	}
+	var data json.RawMessage
+	switch d := e.Data.(type) {
+	case nil:
+		data = json.RawMessage("{}")
+	case json.RawMessage:
+		if !json.Valid(d) {
+			return eventJSON{}, fmt.Errorf("durable: %s: Data is not valid JSON", where)
+		}
+		data = d
+	default:
+		b, err := json.Marshal(d)
+		if err != nil {
+			return eventJSON{}, fmt.Errorf("durable: %s: Data does not marshal to JSON: %w", where, err)
+		}
+		data = b
+	}
+	if len(data) > maxSize {
+		return eventJSON{}, fmt.Errorf("durable: %s: Data is %d bytes, over the %d-byte limit (Config.MaxEventSize)", where, len(data), maxSize)
+	}
+	ts := e.Timestamp
+	if ts.IsZero() {
+		ts = time.Now()
+	}
+	id := e.ID
+	if id == "" {
+		id = ids.At(ts)
+	}
+	return eventJSON{ID: id, Name: name, Data: data, TS: ts.UTC().Truncate(time.Microsecond)}, nil
+}

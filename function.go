@@ -1,0 +1,145 @@
+package durable
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Function is a durable function defined with [NewFunction]. Pass it to
+// [Config.Functions] so that a client can execute it.
+type Function interface {
+	// ID returns the function's stable identifier.
+	ID() string
+
+	def() *funcDef
+}
+
+// FunctionOpts configures a durable function.
+type FunctionOpts struct {
+	// ID is required and must stay stable forever: runs and steps are keyed
+	// by it.
+	ID string
+	// Name is a display name. Defaults to ID.
+	Name string
+	// Triggers start runs: events (optionally filtered by a CEL expression)
+	// or cron schedules. At most 10. A function without triggers can only be
+	// invoked ([Client.Invoke], [Invoke]).
+	Triggers []Trigger
+	// Retries is the number of retries per step (attempts = Retries+1), and
+	// the number of times the function is retried from the top after
+	// returning an error. nil means 4; Ptr(0) means none.
+	Retries *int
+	// Concurrency limits how many runs execute at once. At most 2.
+	// Not supported yet: NewClient rejects it.
+	Concurrency []Concurrency
+	// Idempotency is a CEL expression over `event`; one run per distinct
+	// value per 24 hours. Not supported yet: NewClient rejects it.
+	Idempotency string
+	// CancelOn lists events that cancel a run. At most 5.
+	// Not supported yet: NewClient rejects it.
+	CancelOn []CancelOn
+	// Timeouts cancel runs that start or finish too late.
+	// Not supported yet: NewClient rejects it.
+	Timeouts Timeouts
+}
+
+// Concurrency limits the runs of a function that execute at once.
+type Concurrency struct {
+	Limit int    // max runs of this function executing at once (sleeping/waiting runs do not count)
+	Key   string // optional CEL expression over `event`; the limit applies per distinct key
+}
+
+// CancelOn names an event that cancels a run.
+type CancelOn struct {
+	Event   string        // event name that cancels the run
+	If      string        // CEL over `event` (the run's trigger) and `async` (the new event)
+	Timeout time.Duration // optional: stop listening after this long
+}
+
+// Timeouts bound how long a run may wait to start and to finish.
+type Timeouts struct {
+	Start  time.Duration // cancel if not started within this long after being triggered
+	Finish time.Duration // cancel if not finished within this long after starting
+}
+
+// Ptr returns a pointer to v, for optional fields such as
+// [FunctionOpts.Retries].
+func Ptr[T any](v T) *T { return &v }
+
+// Input is what a function receives.
+type Input[T any] struct {
+	Event      TypedEvent[T]   // the triggering event (for cron: a "durable/scheduled.timer" event)
+	Events     []TypedEvent[T] // all triggering events (more than one only with batching)
+	RunID      string
+	FunctionID string
+	Attempt    int // 0-based attempt of the step currently being executed
+}
+
+// TypedEvent is an event whose data is decoded into T.
+type TypedEvent[T any] struct {
+	ID        string
+	Name      string
+	Data      T
+	Timestamp time.Time
+}
+
+// funcDef is the type-erased form of a function, used by the executor.
+type funcDef struct {
+	opts FunctionOpts
+	// call decodes the run's events, calls the user's function and
+	// encodes its result.
+	call func(ctx context.Context, events []eventJSON, runID string, attempt int) (json.RawMessage, error)
+}
+
+// NewFunction defines a durable function. In is the type of the triggering
+// event's data (use map[string]any or json.RawMessage when untyped); Out is
+// the function's result, stored as JSON.
+//
+// Options are checked by [NewClient], which reports every problem with the
+// function's ID.
+func NewFunction[In, Out any](opts FunctionOpts, fn func(ctx context.Context, in Input[In]) (Out, error)) Function {
+	if opts.Name == "" {
+		opts.Name = opts.ID
+	}
+	d := &funcDef{opts: opts}
+	d.call = func(ctx context.Context, events []eventJSON, runID string, attempt int) (json.RawMessage, error) {
+		in := Input[In]{RunID: runID, FunctionID: opts.ID, Attempt: attempt}
+		for i, e := range events {
+			te, err := decodeEvent[In](e)
+			if err != nil {
+				return nil, NonRetriable(fmt.Errorf("durable: function %q: decoding event %q into %T: %w", opts.ID, e.ID, te.Data, err))
+			}
+			if i == 0 {
+				in.Event = te
+			}
+			in.Events = append(in.Events, te)
+		}
+		out, err := fn(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		b, err := json.Marshal(out)
+		if err != nil {
+			return nil, NonRetriable(fmt.Errorf("durable: function %q: encoding result: %w", opts.ID, err))
+		}
+		return b, nil
+	}
+	return &function{d: d}
+}
+
+type function struct{ d *funcDef }
+
+func (f *function) ID() string     { return f.d.opts.ID }
+func (f *function) def() *funcDef { return f.d }
+
+func decodeEvent[T any](e eventJSON) (TypedEvent[T], error) {
+	te := TypedEvent[T]{ID: e.ID, Name: e.Name, Timestamp: e.TS}
+	if len(e.Data) > 0 && string(e.Data) != "null" {
+		if err := json.Unmarshal(e.Data, &te.Data); err != nil {
+			return te, err
+		}
+	}
+	return te, nil
+}

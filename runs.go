@@ -1,0 +1,167 @@
+package durable
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Run is one execution of one function for one trigger.
+type Run struct {
+	ID         string
+	FunctionID string
+	Status     RunStatus
+	EventIDs   []string
+	Output     json.RawMessage // the function's result, when completed
+	Error      string          // when failed or cancelled (while running: the last error being retried)
+	Steps      []RunStep       // filled by GetRun and WaitRun, in the order they first ran
+	CreatedAt  time.Time
+	StartedAt  *time.Time
+	EndedAt    *time.Time
+}
+
+// RunStatus is the state of a run.
+type RunStatus string
+
+// Run statuses.
+const (
+	RunQueued    RunStatus = "queued"
+	RunRunning   RunStatus = "running" // includes sleeping and waiting
+	RunCompleted RunStatus = "completed"
+	RunFailed    RunStatus = "failed"
+	RunCancelled RunStatus = "cancelled"
+)
+
+// Done reports whether the status is final.
+func (s RunStatus) Done() bool {
+	return s == RunCompleted || s == RunFailed || s == RunCancelled
+}
+
+// RunStep is a step of a run as recorded.
+type RunStep struct {
+	ID       string // with its counter suffix, e.g. "fetch-data:1"
+	Kind     string // "step", "sleep", "wait", "invoke", "send"
+	Status   string // "completed", "failed", "retrying", "sleeping", "waiting"
+	Attempts int
+	Output   json.RawMessage
+	Error    string
+}
+
+// GetRun returns a run with its steps, or an error wrapping
+// [ErrRunNotFound].
+func (c *Client) GetRun(ctx context.Context, runID string) (*Run, error) {
+	run, err := scanRun(c.pool.QueryRow(ctx, c.q.get("GetRun"), runID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("durable: run %q: %w", runID, ErrRunNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("durable: GetRun: %w", err)
+	}
+	rows, err := c.pool.Query(ctx, c.q.get("GetSteps"), runID)
+	if err != nil {
+		return nil, fmt.Errorf("durable: GetRun: %w", err)
+	}
+	var s RunStep
+	var out []byte
+	_, err = pgx.ForEachRow(rows, []any{&s.ID, &s.Kind, &s.Status, &s.Attempts, &out, &s.Error}, func() error {
+		step := s
+		if out != nil {
+			step.Output = json.RawMessage(append([]byte(nil), out...))
+		}
+		run.Steps = append(run.Steps, step)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("durable: GetRun: %w", err)
+	}
+	return run, nil
+}
+
+// WaitRun waits until the run ends (completed, failed or cancelled) or ctx
+// is done, and returns it with its steps.
+func (c *Client) WaitRun(ctx context.Context, runID string) (*Run, error) {
+	delay := 5 * time.Millisecond
+	for {
+		run, err := c.GetRun(ctx, runID)
+		if err != nil {
+			return nil, err
+		}
+		if run.Status.Done() {
+			return run, nil
+		}
+		select {
+		case <-ctx.Done():
+			return run, fmt.Errorf("durable: WaitRun %q: %w", runID, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 250*time.Millisecond)
+	}
+}
+
+// RunsForEvent returns the runs an event started, oldest first (without
+// their steps).
+func (c *Client) RunsForEvent(ctx context.Context, eventID string) ([]*Run, error) {
+	rows, err := c.pool.Query(ctx, c.q.get("RunsForEvent"), eventID)
+	if err != nil {
+		return nil, fmt.Errorf("durable: RunsForEvent: %w", err)
+	}
+	defer rows.Close()
+	var runs []*Run
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			return nil, fmt.Errorf("durable: RunsForEvent: %w", err)
+		}
+		runs = append(runs, r)
+	}
+	return runs, rows.Err()
+}
+
+// Cancel cancels a run. A queued, sleeping or retrying run ends as
+// cancelled at once; a running one has its context cancelled and runs no
+// further step (a step in flight has its result discarded, and a StepTx in
+// flight rolls back). Cancelling a run that already ended is a no-op; an
+// unknown run is an error wrapping [ErrRunNotFound].
+func (c *Client) Cancel(ctx context.Context, runID string) error {
+	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		var jobID *int64
+		err := tx.QueryRow(ctx, c.q.get("CancelRun"), runID, "cancelled").Scan(&jobID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			var exists bool
+			if err := tx.QueryRow(ctx, c.q.get("RunExists"), runID).Scan(&exists); err != nil {
+				return err
+			}
+			if !exists {
+				return fmt.Errorf("durable: Cancel %q: %w", runID, ErrRunNotFound)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("durable: Cancel: %w", err)
+		}
+		if jobID != nil {
+			if _, err := c.river.JobCancelTx(ctx, tx, *jobID); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("durable: Cancel: cancelling job: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+func scanRun(row pgx.Row) (*Run, error) {
+	r := &Run{}
+	var status string
+	var out []byte
+	if err := row.Scan(&r.ID, &r.FunctionID, &status, &r.EventIDs, &out, &r.Error, &r.CreatedAt, &r.StartedAt, &r.EndedAt); err != nil {
+		return nil, err
+	}
+	r.Status = RunStatus(status)
+	if out != nil {
+		r.Output = json.RawMessage(out)
+	}
+	return r, nil
+}

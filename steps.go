@@ -1,0 +1,410 @@
+package durable
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Step runs fn once per run and memoizes its JSON result. Reused IDs get
+// automatic counters ("fetch-data", "fetch-data:1", ...).
+//
+// When fn fails, the step is retried (the run suspends for the backoff and
+// resumes here) up to the function's Retries; once they are exhausted, or
+// at once for a [NonRetriable] error, Step returns a *[StepError] the
+// function may handle. The value returned is always the JSON round trip of
+// fn's result, on the first run and on replays alike.
+func Step[T any](ctx context.Context, id string, fn func(ctx context.Context) (T, error)) (T, error) {
+	var zero T
+	rs, key, err := enterStep(ctx, id, fn == nil)
+	if err != nil {
+		return zero, err
+	}
+	raw, err := rs.step(ctx, key, func(sctx context.Context) (json.RawMessage, error) {
+		v, err := fn(sctx)
+		if err != nil {
+			return nil, err
+		}
+		return marshalStep(key, v)
+	}, nil)
+	if err != nil {
+		return zero, err
+	}
+	return unmarshalStep[T](key, raw)
+}
+
+// StepTx runs fn inside a transaction of the client's pool; the step's result
+// is recorded in the same transaction, so fn's writes and the step's
+// completion commit together or not at all (exactly-once).
+//
+// Retries and errors behave as for [Step]; a failed attempt rolls back.
+func StepTx[T any](ctx context.Context, id string, fn func(ctx context.Context, tx pgx.Tx) (T, error)) (T, error) {
+	var zero T
+	rs, key, err := enterStep(ctx, id, fn == nil)
+	if err != nil {
+		return zero, err
+	}
+	raw, err := rs.step(ctx, key, nil, func(sctx context.Context, tx pgx.Tx) (json.RawMessage, error) {
+		v, err := fn(sctx, tx)
+		if err != nil {
+			return nil, err
+		}
+		return marshalStep(key, v)
+	})
+	if err != nil {
+		return zero, err
+	}
+	return unmarshalStep[T](key, raw)
+}
+
+// Sleep suspends the run for d. The run holds no goroutine, connection or
+// worker slot while it sleeps; it resumes here once d has passed (on
+// replays, d counts from when the sleep first began).
+func Sleep(ctx context.Context, id string, d time.Duration) error {
+	return sleepUntil(ctx, id, func() time.Time { return time.Now().Add(d) })
+}
+
+// SleepUntil suspends the run until t. See [Sleep].
+func SleepUntil(ctx context.Context, id string, t time.Time) error {
+	return sleepUntil(ctx, id, func() time.Time { return t })
+}
+
+func sleepUntil(ctx context.Context, id string, until func() time.Time) error {
+	rs, key, err := enterStep(ctx, id, false)
+	if err != nil {
+		return err
+	}
+	rs.mu.Lock()
+	row := rs.lookup(key)
+	rs.mu.Unlock()
+	if row != nil {
+		switch {
+		case row.Status == stepCompleted:
+			return nil
+		case row.Status == stepSleeping && row.WakeAt != nil && time.Until(*row.WakeAt) > 0:
+			rs.suspendUntil(*row.WakeAt)
+		case row.Status == stepSleeping:
+			rs.addPending(&stepRow{Key: key, Seq: row.Seq, Kind: "sleep", Status: stepCompleted, Attempts: 1, WakeAt: row.WakeAt})
+			return nil
+		}
+	}
+	if err := rs.boundary(ctx, key); err != nil {
+		return err
+	}
+	wake := until().UTC()
+	seq := rs.newSeq()
+	if time.Until(wake) <= 0 {
+		rs.addPending(&stepRow{Key: key, Seq: seq, Kind: "sleep", Status: stepCompleted, Attempts: 1, WakeAt: &wake})
+		return nil
+	}
+	rs.addPending(&stepRow{Key: key, Seq: seq, Kind: "sleep", Status: stepSleeping, WakeAt: &wake})
+	rs.suspendUntil(wake)
+	return nil // not reached
+}
+
+// enterStep checks that a step is called where steps may be, and returns
+// the run and the step's key.
+func enterStep(ctx context.Context, id string, nilFn bool) (*runState, string, error) {
+	if ctx == nil {
+		return nil, "", fmt.Errorf("durable: step %q: nil context", id)
+	}
+	rs, _ := ctx.Value(runKey{}).(*runState)
+	if rs == nil {
+		return nil, "", fmt.Errorf("durable: step %q called outside a durable function (pass the context the function received)", id)
+	}
+	if outer, ok := ctx.Value(inStepKey{}).(string); ok {
+		return nil, "", NonRetriable(fmt.Errorf("durable: step %q called inside step %q: steps cannot be nested", id, outer))
+	}
+	if id == "" {
+		return nil, "", NonRetriable(errors.New("durable: a step ID is required"))
+	}
+	if nilFn {
+		return nil, "", NonRetriable(fmt.Errorf("durable: step %q: fn is nil", id))
+	}
+	rs.mu.Lock()
+	if rs.suspendAt != nil || rs.abort != nil {
+		rs.mu.Unlock()
+		runtime.Goexit()
+	}
+	n := rs.counters[id]
+	rs.counters[id] = n + 1
+	rs.mu.Unlock()
+	if n == 0 {
+		return rs, id, nil
+	}
+	return rs, fmt.Sprintf("%s:%d", id, n), nil
+}
+
+// step runs (or replays) one Step or StepTx.
+func (rs *runState) step(ctx context.Context, key string,
+	plain func(context.Context) (json.RawMessage, error),
+	inTx func(context.Context, pgx.Tx) (json.RawMessage, error),
+) (json.RawMessage, error) {
+	kind := "step"
+	rs.mu.Lock()
+	row := rs.lookup(key)
+	rs.mu.Unlock()
+	attempts, seq := 0, -1
+	if row != nil {
+		switch row.Status {
+		case stepCompleted:
+			return row.Output, nil
+		case stepFailed:
+			return nil, &StepError{StepID: key, Attempts: row.Attempts, Message: deref(row.Error)}
+		case stepRetrying:
+			if row.WakeAt != nil && time.Until(*row.WakeAt) > 0 {
+				rs.suspendUntil(*row.WakeAt)
+			}
+			attempts, seq = row.Attempts, row.Seq
+		}
+	}
+	if err := rs.boundary(ctx, key); err != nil {
+		return nil, err
+	}
+	if seq < 0 {
+		seq = rs.newSeq()
+	}
+	sctx := context.WithValue(ctx, inStepKey{}, key)
+	var out json.RawMessage
+	var err error
+	if inTx != nil {
+		out, err = rs.runTx(sctx, key, seq, inTx)
+	} else {
+		out, err = protect(func() (json.RawMessage, error) { return plain(sctx) })
+		if err == nil {
+			err = rs.checkOutput(key, out)
+		}
+		if err == nil {
+			rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: attempts + 1, Output: out})
+			rs.mu.Lock()
+			rs.stateBytes += len(out)
+			rs.mu.Unlock()
+			return out, nil
+		}
+	}
+	if err == nil {
+		return out, nil
+	}
+	return nil, rs.stepFailed(ctx, key, seq, kind, attempts+1, err)
+}
+
+// runTx runs a StepTx attempt: the user's writes, the pending steps, this
+// step's row and the fence commit together.
+func (rs *runState) runTx(ctx context.Context, key string, seq int, fn func(context.Context, pgx.Tx) (json.RawMessage, error)) (json.RawMessage, error) {
+	tx, err := rs.c.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("durable: step %q: begin: %w", key, err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	out, err := protect(func() (json.RawMessage, error) { return fn(ctx, tx) })
+	if err != nil {
+		return nil, err
+	}
+	if err := rs.checkOutput(key, out); err != nil {
+		return nil, err
+	}
+	row := &stepRow{Key: key, Seq: seq, Kind: "step", Status: stepCompleted, Attempts: 1, Output: out}
+	rs.mu.Lock()
+	if prev := rs.memo[key]; prev != nil {
+		row.Attempts = prev.Attempts + 1
+	}
+	rs.pending = append(rs.pending, row)
+	rs.mu.Unlock()
+	pending, newOwner, err := rs.commitIn(ctx, tx, commitParams{status: string(RunRunning)})
+	if err != nil {
+		rs.dropPending(row)
+		if errors.Is(err, errRunCancelled) || errors.Is(err, errLeaseLost) {
+			rs.stop(err)
+		}
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		rs.dropPending(row)
+		return nil, fmt.Errorf("durable: step %q: commit: %w", key, err)
+	}
+	rs.applyCommit(pending, newOwner)
+	rs.mu.Lock()
+	rs.stateBytes += len(out)
+	rs.mu.Unlock()
+	return out, nil
+}
+
+// stepFailed records a failed attempt: it suspends the run for the retry,
+// or, once retries are exhausted (or for a non-retriable error), records
+// the step as failed and returns the *StepError.
+func (rs *runState) stepFailed(ctx context.Context, key string, seq int, kind string, attempts int, err error) error {
+	if ctx.Err() != nil {
+		// The attempt's context ended (cancellation, shutdown): this is
+		// not the step's failure.
+		rs.stop(ctx.Err())
+	}
+	rs.mu.Lock()
+	stopped := rs.abort != nil
+	rs.mu.Unlock()
+	if stopped {
+		runtime.Goexit()
+	}
+	msg := err.Error()
+	if isNonRetriable(err) || attempts > rs.def.retries() {
+		rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepFailed, Attempts: attempts, Error: &msg})
+		return &StepError{StepID: key, Attempts: attempts, Message: msg}
+	}
+	at, ok := retryTime(err)
+	if !ok {
+		at = time.Now().Add(rs.c.cfg.RetryBackoff(attempts))
+	}
+	at = at.UTC()
+	rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepRetrying, Attempts: attempts, Error: &msg, WakeAt: &at})
+	rs.suspendUntil(at)
+	return nil // not reached
+}
+
+// boundary runs before a new step executes: it enforces the step limit,
+// stops at once if the run is being stopped, and commits finished steps.
+func (rs *runState) boundary(ctx context.Context, key string) error {
+	rs.replaying.Store(false)
+	rs.mu.Lock()
+	count := len(rs.memo) + len(rs.pending)
+	_, known := rs.memo[key]
+	rs.mu.Unlock()
+	if !known && count >= rs.c.cfg.MaxSteps {
+		return NonRetriable(fmt.Errorf("durable: step %q: the run has reached the limit of %d steps (Config.MaxSteps)", key, rs.c.cfg.MaxSteps))
+	}
+	if ctx.Err() != nil {
+		rs.stop(ctx.Err())
+	}
+	if rs.c.stopping.Load() {
+		rs.stop(errShutdown)
+	}
+	rs.mu.Lock()
+	hasPending := len(rs.pending) > 0
+	rs.mu.Unlock()
+	if hasPending {
+		if err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunRunning)}); err != nil {
+			rs.stop(err)
+		}
+	}
+	return nil
+}
+
+// stop ends the attempt (the run is cancelled, taken over, or the process
+// is stopping): it records the reason and exits the calling goroutine.
+func (rs *runState) stop(reason error) {
+	rs.mu.Lock()
+	if rs.abort == nil {
+		rs.abort = reason
+	}
+	rs.mu.Unlock()
+	runtime.Goexit()
+}
+
+// suspendUntil ends the attempt with the run resuming at t.
+func (rs *runState) suspendUntil(t time.Time) {
+	rs.mu.Lock()
+	if rs.suspendAt == nil || t.Before(*rs.suspendAt) {
+		rs.suspendAt = &t
+	}
+	rs.mu.Unlock()
+	runtime.Goexit()
+}
+
+// lookup returns the memoized row of key; rs.mu must be held.
+func (rs *runState) lookup(key string) *stepRow {
+	for _, p := range rs.pending {
+		if p.Key == key {
+			return p
+		}
+	}
+	return rs.memo[key]
+}
+
+func (rs *runState) newSeq() int {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	s := rs.nextSeq
+	rs.nextSeq++
+	return s
+}
+
+func (rs *runState) addPending(row *stepRow) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for i, p := range rs.pending {
+		if p.Key == row.Key {
+			rs.pending[i] = row
+			return
+		}
+	}
+	rs.pending = append(rs.pending, row)
+}
+
+func (rs *runState) dropPending(row *stepRow) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for i, p := range rs.pending {
+		if p == row {
+			rs.pending = append(rs.pending[:i], rs.pending[i+1:]...)
+			return
+		}
+	}
+}
+
+// checkOutput enforces the output limits.
+func (rs *runState) checkOutput(key string, out json.RawMessage) error {
+	if len(out) > rs.c.cfg.MaxStepOutput {
+		return NonRetriable(fmt.Errorf("durable: step %q: output is %d bytes, over the %d-byte limit (Config.MaxStepOutput)", key, len(out), rs.c.cfg.MaxStepOutput))
+	}
+	rs.mu.Lock()
+	total := rs.stateBytes + len(out)
+	rs.mu.Unlock()
+	if total > rs.c.cfg.MaxRunState {
+		return NonRetriable(fmt.Errorf("durable: step %q: the run's state would be %d bytes, over the %d-byte limit (Config.MaxRunState)", key, total, rs.c.cfg.MaxRunState))
+	}
+	return nil
+}
+
+// protect calls fn, turning a panic into an error carrying the stack.
+func protect(fn func() (json.RawMessage, error)) (out json.RawMessage, err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			if p := recover(); p != nil {
+				out, err = nil, panicError(p)
+			}
+		}
+	}()
+	out, err = fn()
+	returned = true
+	return out, err
+}
+
+func marshalStep(key string, v any) (json.RawMessage, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, NonRetriable(fmt.Errorf("durable: step %q: encoding output: %w", key, err))
+	}
+	return b, nil
+}
+
+func unmarshalStep[T any](key string, raw json.RawMessage) (T, error) {
+	var out T
+	if len(raw) == 0 {
+		return out, nil
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return out, NonRetriable(fmt.Errorf("durable: step %q: decoding output into %T: %w", key, out, err))
+	}
+	return out, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

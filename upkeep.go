@@ -1,0 +1,168 @@
+package durable
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"time"
+
+	"github.com/pgdurable/durable/riverjobs"
+)
+
+// startUpkeep starts the loops every executing process runs: heartbeats,
+// recovery of runs left by dead processes, and punctual wake-ups.
+func (c *Client) startUpkeep(ctx context.Context) {
+	every := c.cfg.RecoverAfter / 5
+	c.loop(ctx, every, "heartbeat", c.heartbeat)
+	c.loop(ctx, every, "recovery", c.rescue)
+	c.bgDone.Add(1)
+	go func() {
+		defer c.bgDone.Done()
+		c.waker(ctx)
+	}()
+}
+
+func (c *Client) loop(ctx context.Context, every time.Duration, name string, fn func(context.Context) error) {
+	c.bgDone.Add(1)
+	go func() {
+		defer c.bgDone.Done()
+		for {
+			jitter := time.Duration(rand.Int64N(int64(every)/5 + 1))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(every - every/10 + jitter):
+			}
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				c.logger.WarnContext(ctx, "durable: "+name+" failed", "error", err)
+			}
+		}
+	}()
+}
+
+// noteAttempter makes sure the River client executing a job has a
+// heartbeat row before the job's first step, so that recovery never takes
+// a live process's run (it matters when an app's own River client works
+// durable's jobs).
+func (c *Client) noteAttempter(ctx context.Context, id string) error {
+	c.mu.Lock()
+	known := c.attempers[id]
+	if !known {
+		c.attempers[id] = true
+	}
+	c.mu.Unlock()
+	if known {
+		return nil
+	}
+	host, _ := os.Hostname()
+	_, err := c.pool.Exec(ctx, c.q.get("Heartbeat"), []string{id}, host, os.Getpid())
+	return err
+}
+
+func (c *Client) heartbeatIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.attempers))
+	for id := range c.attempers {
+		out = append(out, id)
+	}
+	return out
+}
+
+func (c *Client) heartbeat(ctx context.Context) error {
+	host, _ := os.Hostname()
+	_, err := c.pool.Exec(ctx, c.q.get("Heartbeat"), c.heartbeatIDs(), host, os.Getpid())
+	return err
+}
+
+// rescue hands jobs held by dead processes to live ones.
+func (c *Client) rescue(ctx context.Context) error {
+	var n, notified int
+	err := c.pool.QueryRow(ctx, c.q.get("Rescue"), c.cfg.RecoverAfter.Seconds(), riverjobs.Kind, c.notifyChannel).Scan(&n, &notified)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		c.logger.InfoContext(ctx, "durable: recovered runs of dead workers", "count", n)
+		c.kickWaker(time.Now())
+	}
+	if rand.IntN(100) == 0 {
+		_, err = c.pool.Exec(ctx, c.q.get("PruneWorkers"))
+	}
+	return err
+}
+
+// kickWaker tells the waker that a job of this process is due at t.
+func (c *Client) kickWaker(t time.Time) {
+	for {
+		select {
+		case c.wakeCh <- t:
+			return
+		default:
+		}
+		// The channel holds an earlier or later kick: keep the earlier.
+		select {
+		case old := <-c.wakeCh:
+			if old.Before(t) {
+				t = old
+			}
+		default:
+		}
+	}
+}
+
+// waker makes due jobs available and notifies River's producers as soon as
+// they are due, instead of waiting for River's scheduler (every 5 s) or a
+// producer's poll.
+func (c *Client) waker(ctx context.Context) {
+	const poll = time.Second
+	next := time.Now().Add(poll)
+	force := false
+	// Jobs snoozed by this process are written by River's completer a few
+	// tens of milliseconds after the attempt returns; a second look shortly
+	// after the due time catches those.
+	var followUp time.Time
+	for {
+		wait := time.Until(next)
+		if !followUp.IsZero() && followUp.Before(next) {
+			wait = time.Until(followUp)
+		}
+		timer := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case t := <-c.wakeCh:
+			timer.Stop()
+			if t.Before(next) {
+				next = t
+			}
+			if f := time.Now().Add(80 * time.Millisecond); t.Before(f) {
+				followUp = f
+			}
+			continue
+		case <-timer.C:
+		}
+		now := time.Now()
+		force = !now.Before(next) || (!followUp.IsZero() && !now.Before(followUp))
+		if !followUp.IsZero() && !now.Before(followUp) {
+			followUp = time.Time{}
+		}
+		var promoted, notified int
+		var due *time.Time
+		err := c.pool.QueryRow(ctx, c.q.get("Wake"), c.cfg.Queue, c.notifyChannel, c.notifyPayload, force).Scan(&promoted, &notified, &due)
+		next = time.Now().Add(poll)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.logger.WarnContext(ctx, "durable: wake-up check failed", "error", err)
+			continue
+		}
+		if due != nil && due.Before(next) {
+			next = *due
+		}
+	}
+}
+
+func randFloat() float64 { return rand.Float64() }
