@@ -103,7 +103,8 @@ type Client struct {
 	stopping  atomic.Bool
 	bgCancel  context.CancelFunc
 	bgDone    sync.WaitGroup
-	attempers map[string]bool // River client IDs whose heartbeat this process keeps
+	attMu     sync.Mutex
+	attempers map[string]bool // River client IDs whose heartbeat this process keeps (under attMu)
 	active    sync.Map        // run ID -> struct{}: attempts executing in this process
 	activeN   atomic.Int64
 	wakeCh    chan time.Time
@@ -259,7 +260,9 @@ func (c *Client) Start(ctx context.Context) error {
 	if err := c.registerFunctions(ctx); err != nil {
 		return err
 	}
+	c.attMu.Lock()
 	c.attempers[c.workerID] = true
+	c.attMu.Unlock()
 	if err := c.heartbeat(ctx); err != nil {
 		return fmt.Errorf("durable: heartbeat: %w", err)
 	}

@@ -45,12 +45,12 @@ func (c *Client) loop(ctx context.Context, every time.Duration, name string, fn 
 // a live process's run (it matters when an app's own River client works
 // durable's jobs).
 func (c *Client) noteAttempter(ctx context.Context, id string) error {
-	c.mu.Lock()
+	c.attMu.Lock()
 	known := c.attempers[id]
 	if !known {
 		c.attempers[id] = true
 	}
-	c.mu.Unlock()
+	c.attMu.Unlock()
 	if known {
 		return nil
 	}
@@ -60,8 +60,8 @@ func (c *Client) noteAttempter(ctx context.Context, id string) error {
 }
 
 func (c *Client) heartbeatIDs() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.attMu.Lock()
+	defer c.attMu.Unlock()
 	out := make([]string, 0, len(c.attempers))
 	for id := range c.attempers {
 		out = append(out, id)

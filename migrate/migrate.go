@@ -57,27 +57,36 @@ func Up(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	if err != nil {
 		return err
 	}
-	tx, err := pool.Begin(ctx)
+	// Serialise concurrent callers (per schema) with a session advisory
+	// lock held on one connection. River's migrations run one transaction
+	// each (some add enum values, which must commit before use), so the
+	// lock cannot be a transaction's.
+	conn, err := pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("migrate: begin: %w", err)
+		return fmt.Errorf("migrate: acquire: %w", err)
 	}
-	defer func() { _ = tx.Rollback(ctx) }()
-
-	// Serialise concurrent callers (per schema). The lock is released when
-	// the transaction ends.
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('pgdurable.migrate.' || $1::text))`, schema); err != nil {
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('pgdurable.migrate.' || $1::text))`, schema); err != nil {
 		return fmt.Errorf("migrate: lock: %w", err)
 	}
-	if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgident.Quote(schema)); err != nil {
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('pgdurable.migrate.' || $1::text))`, schema)
+	}()
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgident.Quote(schema)); err != nil {
 		return fmt.Errorf("migrate: create schema %s: %w", schema, err)
 	}
 	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Schema: schema})
 	if err != nil {
 		return fmt.Errorf("migrate: river migrator: %w", err)
 	}
-	if _, err := migrator.MigrateTx(ctx, tx, rivermigrate.DirectionUp, nil); err != nil {
+	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrate: river migrations: %w", err)
 	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
 	if _, err := tx.Exec(ctx, pgident.Render(`CREATE TABLE IF NOT EXISTS {{schema}}.durable_migration (
 		version integer PRIMARY KEY,
 		name text NOT NULL,

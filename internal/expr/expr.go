@@ -1,0 +1,376 @@
+// Package expr compiles and evaluates the CEL expressions used for event
+// filters, event matching and key derivation (idempotency, concurrency).
+//
+// Expressions see the variable `event` and, when compiled with
+// EventAndAsync, `async`. Both hold a JSON object in its decoded Go form
+// (map[string]any with keys such as id, name, data and ts, and values as
+// produced by encoding/json).
+//
+// Semantics beyond standard CEL:
+//
+//   - Ints, uints and doubles compare with each other
+//     (`event.data.amount > 100` with amount decoded as float64), and
+//     equality is heterogeneous: `1.0 == 1` is true, and `==`/`!=` accept
+//     operands of any types (values of unrelated types are unequal, so
+//     `event.name == 1` compiles and is false).
+//   - A missing object member reads as null instead of failing:
+//     `event.data.missing == null` is true. Selecting a member of a null or
+//     missing value along a field path is null too:
+//     `event.data.missing.deeper == null` is true. Using null where a number
+//     or string is required (`event.data.missing > 5`) is an evaluation
+//     error.
+//   - has(x.f) reports whether key f is actually present in x (a key
+//     holding JSON null is present); on a null x it is false.
+//   - A nil event or async map is null: `async == null` is true and
+//     `async.data.x` is null.
+//   - Evaluation is bounded by a cost limit and never panics; failures are
+//     returned as errors.
+package expr
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common"
+	"cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/env"
+	"cel.dev/cel-go/common/operators"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/interpreter"
+)
+
+// Vars says which variables an expression may use.
+type Vars int
+
+const (
+	// EventOnly allows only the `event` variable.
+	EventOnly Vars = iota
+	// EventAndAsync allows `event` and `async` (the event being matched
+	// against a waiting step's triggering event).
+	EventAndAsync
+)
+
+// String returns the name of the variable set.
+func (v Vars) String() string {
+	switch v {
+	case EventOnly:
+		return "EventOnly"
+	case EventAndAsync:
+		return "EventAndAsync"
+	}
+	return "Vars(" + strconv.Itoa(int(v)) + ")"
+}
+
+// costLimit bounds the work a single evaluation may do (in CEL cost units,
+// roughly one per operation or comprehension step).
+const costLimit = 1_000_000
+
+// hasFunction is the internal function the has() macro expands to. The '@'
+// prefix keeps it out of reach of expression authors.
+const hasFunction = "@durable_has"
+
+var envs = sync.OnceValues(func() ([2]*cel.Env, error) {
+	var out [2]*cel.Env
+	for _, v := range []Vars{EventOnly, EventAndAsync} {
+		e, err := newEnv(v)
+		if err != nil {
+			return out, fmt.Errorf("expr: building CEL environment: %w", err)
+		}
+		out[v] = e
+	}
+	return out, nil
+})
+
+func newEnv(vars Vars) (*cel.Env, error) {
+	opts := []cel.EnvOption{
+		cel.StdLib(cel.StdLibSubset(&env.LibrarySubset{
+			ExcludeMacros:    []string{operators.Has},
+			ExcludeFunctions: []*env.Function{{Name: operators.Equals}, {Name: operators.NotEquals}},
+		})),
+		cel.CustomTypeAdapter(adapter),
+		cel.CrossTypeNumericComparisons(true),
+		cel.Macros(cel.GlobalMacro(operators.Has, 1, expandHas)),
+		cel.Function(hasFunction,
+			cel.Overload("durable_has_dyn_string",
+				[]*cel.Type{cel.DynType, cel.StringType}, cel.BoolType,
+				cel.BinaryBinding(hasField))),
+		cel.Variable("event", cel.DynType),
+	}
+	opts = append(opts, equalityOptions()...)
+	if vars == EventAndAsync {
+		opts = append(opts, cel.Variable("async", cel.DynType))
+	}
+	return cel.NewCustomEnv(opts...)
+}
+
+// equalityOptions declares == and != as (dyn, dyn) -> bool, replacing the
+// standard library's (A, A) -> bool. CEL's runtime equality is already
+// heterogeneous (numbers are equal when they denote the same value, values
+// of unrelated types are simply unequal), but the standard declaration makes
+// the type checker reject `1.0 == 1` or `size(x) == 2.0`. The interpreter
+// implements == and != itself; the bindings only mirror it.
+func equalityOptions() []cel.EnvOption {
+	args := []*cel.Type{cel.DynType, cel.DynType}
+	return []cel.EnvOption{
+		cel.Function(operators.Equals,
+			cel.Overload("durable_equals_dyn_dyn", args, cel.BoolType,
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val { return types.Equal(a, b) }))),
+		cel.Function(operators.NotEquals,
+			cel.Overload("durable_not_equals_dyn_dyn", args, cel.BoolType,
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					if types.Equal(a, b) == types.True {
+						return types.False
+					}
+					return types.True
+				}))),
+	}
+}
+
+// expandHas replaces the standard has() macro: has(x.f) becomes
+// @durable_has(x, "f"). The standard expansion would ask the map whether
+// key f is found, and jsonMap reports every key as found (reading as null).
+func expandHas(eh cel.MacroExprFactory, _ ast.Expr, args []ast.Expr) (ast.Expr, *common.Error) {
+	if args[0].Kind() != ast.SelectKind {
+		return nil, eh.NewError(args[0].ID(), "invalid argument to has() macro")
+	}
+	sel := args[0].AsSelect()
+	return eh.NewCall(hasFunction, sel.Operand(), eh.NewLiteral(types.String(sel.FieldName()))), nil
+}
+
+// Program is a compiled expression, safe for concurrent use.
+type Program struct {
+	src       string
+	vars      Vars
+	prg       cel.Program
+	boolOrDyn bool
+}
+
+// Compile parses and type-checks src for the given variable set. Errors
+// carry CEL's position information, e.g.
+// "ERROR: <input>:1:1: undeclared reference to 'async'".
+func Compile(src string, vars Vars) (*Program, error) {
+	if vars != EventOnly && vars != EventAndAsync {
+		return nil, fmt.Errorf("expr: invalid variable set %v", vars)
+	}
+	all, err := envs()
+	if err != nil {
+		return nil, err
+	}
+	celEnv := all[vars]
+	checked, iss := celEnv.Compile(src)
+	if iss != nil && iss.Err() != nil {
+		return nil, fmt.Errorf("expr: invalid expression: %w", iss.Err())
+	}
+	prg, err := celEnv.Program(checked, cel.CostLimit(costLimit))
+	if err != nil {
+		return nil, fmt.Errorf("expr: invalid expression %q: %w", src, err)
+	}
+	out := checked.OutputType()
+	return &Program{
+		src:       src,
+		vars:      vars,
+		prg:       prg,
+		boolOrDyn: out.IsExactType(types.BoolType) || out.IsExactType(types.DynType),
+	}, nil
+}
+
+// Source returns the original expression text.
+func (p *Program) Source() string { return p.src }
+
+// OutputIsBoolOrDyn reports whether the statically checked result type is
+// bool or dyn, i.e. whether the expression can possibly serve as a filter.
+// It is false for e.g. `"hello"` or `event.data.n + 1 == 2 ? 1 : 2`.
+func (p *Program) OutputIsBoolOrDyn() bool { return p.boolOrDyn }
+
+// Bool evaluates the program to a boolean. A result that is not a bool is
+// an error, as is any evaluation error (e.g. comparing null with a number).
+// async is ignored for programs compiled with EventOnly.
+func (p *Program) Bool(event, async map[string]any) (bool, error) {
+	v, err := p.eval(event, async)
+	if err != nil {
+		return false, err
+	}
+	b, ok := v.(types.Bool)
+	if !ok {
+		return false, fmt.Errorf("expr: %q evaluated to %s, want bool", p.src, typeName(v))
+	}
+	return bool(b), nil
+}
+
+// Value evaluates the program and returns its result as a Go value: nil,
+// bool, int64, uint64, float64, string, []byte, time.Time, time.Duration,
+// map[string]any or []any (with elements converted likewise). Maps taken
+// from the input are returned as is and must not be modified.
+func (p *Program) Value(event, async map[string]any) (any, error) {
+	v, err := p.eval(event, async)
+	if err != nil {
+		return nil, err
+	}
+	out, err := toGo(v)
+	if err != nil {
+		return nil, fmt.Errorf("expr: converting result of %q: %w", p.src, err)
+	}
+	return out, nil
+}
+
+// String evaluates the program and renders the result as a key: strings
+// as is, numbers in their shortest decimal form (1 rather than 1.0 for an
+// integral double), bools as true or false, timestamps as RFC 3339 and
+// durations in Go syntax, and anything else (null, lists, maps) as its JSON
+// encoding.
+func (p *Program) String(event, async map[string]any) (string, error) {
+	v, err := p.Value(event, async)
+	if err != nil {
+		return "", err
+	}
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	case int64:
+		return strconv.FormatInt(x, 10), nil
+	case uint64:
+		return strconv.FormatUint(x, 10), nil
+	case float64:
+		return formatFloat(x), nil
+	case time.Time:
+		return x.UTC().Format(time.RFC3339Nano), nil
+	case time.Duration:
+		return x.String(), nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("expr: rendering result of %q: %w", p.src, err)
+	}
+	return string(b), nil
+}
+
+// activation binds the expression variables for one evaluation.
+type activation struct {
+	event, async any
+	withAsync    bool
+}
+
+// ResolveName implements interpreter.Activation.
+func (a *activation) ResolveName(name string) (any, bool) {
+	switch name {
+	case "event":
+		return a.event, true
+	case "async":
+		if a.withAsync {
+			return a.async, true
+		}
+	}
+	return nil, false
+}
+
+// Parent implements interpreter.Activation.
+func (a *activation) Parent() interpreter.Activation { return nil }
+
+// topLevel wraps an input object; a nil map is null.
+func topLevel(m map[string]any) any {
+	if m == nil {
+		return nullPath{}
+	}
+	return &jsonMap{m: m}
+}
+
+func (p *Program) eval(event, async map[string]any) (out ref.Val, err error) {
+	if p == nil || p.prg == nil {
+		return nil, errors.New("expr: evaluating a nil Program")
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("expr: evaluating %q: panic: %v", p.src, r)
+		}
+	}()
+	act := &activation{event: topLevel(event)}
+	if p.vars == EventAndAsync {
+		act.withAsync = true
+		act.async = topLevel(async)
+	}
+	v, _, err := p.prg.Eval(act)
+	if err != nil {
+		return nil, fmt.Errorf("expr: evaluating %q: %w", p.src, err)
+	}
+	return v, nil
+}
+
+func typeName(v ref.Val) string {
+	if v == nil {
+		return "nothing"
+	}
+	return v.Type().TypeName()
+}
+
+// toGo converts a CEL result into a plain Go value.
+func toGo(v ref.Val) (any, error) {
+	switch x := v.(type) {
+	case types.Null, nullPath:
+		return nil, nil
+	case types.Bool:
+		return bool(x), nil
+	case types.Int:
+		return int64(x), nil
+	case types.Uint:
+		return uint64(x), nil
+	case types.Double:
+		return float64(x), nil
+	case types.String:
+		return string(x), nil
+	case types.Bytes:
+		return []byte(x), nil
+	case types.Timestamp:
+		return x.Time, nil
+	case types.Duration:
+		return x.Duration, nil
+	case *types.Type:
+		return x.TypeName(), nil
+	case *jsonMap:
+		return x.m, nil
+	case traits.Mapper:
+		out := make(map[string]any)
+		for it := x.Iterator(); it.HasNext() == types.True; {
+			k := it.Next()
+			key, err := toGo(k)
+			if err != nil {
+				return nil, err
+			}
+			ks, ok := key.(string)
+			if !ok {
+				ks = fmt.Sprint(key)
+			}
+			val, err := toGo(x.Get(k))
+			if err != nil {
+				return nil, err
+			}
+			out[ks] = val
+		}
+		return out, nil
+	case traits.Lister:
+		n, _ := x.Size().(types.Int)
+		out := make([]any, 0, int(n))
+		for it := x.Iterator(); it.HasNext() == types.True; {
+			val, err := toGo(it.Next())
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, val)
+		}
+		return out, nil
+	case *types.Err:
+		return nil, x
+	}
+	if v == nil {
+		return nil, errors.New("no value")
+	}
+	return nil, fmt.Errorf("unsupported result type %s", v.Type().TypeName())
+}
