@@ -131,7 +131,7 @@ func NewFunction[In, Out any](opts FunctionOpts, fn func(ctx context.Context, in
 
 type function struct{ d *funcDef }
 
-func (f *function) ID() string     { return f.d.opts.ID }
+func (f *function) ID() string    { return f.d.opts.ID }
 func (f *function) def() *funcDef { return f.d }
 
 func decodeEvent[T any](e eventJSON) (TypedEvent[T], error) {
