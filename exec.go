@@ -104,7 +104,42 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 		c.active.Delete(runID)
 		c.activeN.Add(-1)
 	}()
+	for {
+		err := c.attempt(ctx, job, attempter)
+		var soon *resumeSoon
+		if !errors.As(err, &soon) {
+			return err
+		}
+		// A short suspension (a retry backoff, a brief sleep) is waited
+		// out here, holding the slot: cheaper and more punctual than a
+		// round trip through River's queue.
+		timer := time.NewTimer(time.Until(soon.at))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return river.JobSnooze(max(time.Until(soon.at), 0))
+		case <-timer.C:
+		}
+		if c.stopping.Load() {
+			return river.JobSnooze(0)
+		}
+	}
+}
 
+// shortSuspend is the longest suspension an attempt waits out in process
+// instead of returning the job to River. River records a snoozed job's new
+// state up to ~250 ms after the attempt returns, so a wake-up due sooner
+// than that would wait for the next poll.
+const shortSuspend = 500 * time.Millisecond
+
+// resumeSoon asks ExecuteRun to wait until at and run the attempt again.
+type resumeSoon struct{ at time.Time }
+
+func (r *resumeSoon) Error() string { return "durable: resume at " + r.at.String() }
+
+// attempt loads the run and executes the function once.
+func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs], attempter string) error {
+	runID := job.Args.RunID
 	lr, err := c.loadRun(ctx, runID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		c.logger.WarnContext(ctx, "durable: job for an unknown run; dropping it", "run_id", runID, "job_id", job.ID)
@@ -132,6 +167,9 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 	}
 	if lr.wakeAt != nil {
 		if d := time.Until(*lr.wakeAt); d > 5*time.Millisecond {
+			if d <= shortSuspend {
+				return &resumeSoon{at: *lr.wakeAt}
+			}
 			c.kickWaker(*lr.wakeAt)
 			return river.JobSnooze(d)
 		}
@@ -269,6 +307,9 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunRunning), release: true, errText: lastErr, wakeAt: &at})
 	if err != nil {
 		return rs.afterFinalCommit(ctx, err)
+	}
+	if time.Until(at) <= shortSuspend && !rs.c.stopping.Load() {
+		return &resumeSoon{at: at}
 	}
 	rs.c.kickWaker(at)
 	return river.JobSnooze(max(time.Until(at), 0))

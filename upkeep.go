@@ -116,18 +116,9 @@ func (c *Client) kickWaker(t time.Time) {
 // producer's poll.
 func (c *Client) waker(ctx context.Context) {
 	const poll = time.Second
-	next := time.Now().Add(poll)
-	force := false
-	// Jobs snoozed by this process are written by River's completer a few
-	// tens of milliseconds after the attempt returns; a second look shortly
-	// after the due time catches those.
-	var followUp time.Time
+	next, isDue := time.Now().Add(poll), false
 	for {
-		wait := time.Until(next)
-		if !followUp.IsZero() && followUp.Before(next) {
-			wait = time.Until(followUp)
-		}
-		timer := time.NewTimer(max(wait, 0))
+		timer := time.NewTimer(max(time.Until(next), 0))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -135,23 +126,17 @@ func (c *Client) waker(ctx context.Context) {
 		case t := <-c.wakeCh:
 			timer.Stop()
 			if t.Before(next) {
-				next = t
-			}
-			if f := time.Now().Add(80 * time.Millisecond); t.Before(f) {
-				followUp = f
+				next, isDue = t, true
 			}
 			continue
 		case <-timer.C:
 		}
-		now := time.Now()
-		force = !now.Before(next) || (!followUp.IsZero() && !now.Before(followUp))
-		if !followUp.IsZero() && !now.Before(followUp) {
-			followUp = time.Time{}
-		}
+		// Notify when something came due, not on every poll.
+		force := isDue
 		var promoted, notified int
 		var due *time.Time
 		err := c.pool.QueryRow(ctx, c.q.get("Wake"), c.cfg.Queue, c.notifyChannel, c.notifyPayload, force).Scan(&promoted, &notified, &due)
-		next = time.Now().Add(poll)
+		next, isDue = time.Now().Add(poll), false
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -160,7 +145,7 @@ func (c *Client) waker(ctx context.Context) {
 			continue
 		}
 		if due != nil && due.Before(next) {
-			next = *due
+			next, isDue = *due, true
 		}
 	}
 }

@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgdurable/durable/internal/testdb"
+	"github.com/pgdurable/durable/migrate"
+)
+
+// options configure one benchmark run; see the flags in main.go.
+type options struct {
+	Runs             int
+	StepsSeq         int
+	StepRuns         int
+	LatencySamples   int
+	LatencyPause     time.Duration
+	Senders          int
+	SendBatch        int
+	BaselineCommits  int
+	BaselineWarmup   int
+	BaselineConns    int
+	BaselineDuration time.Duration
+	MaxWorkers       int
+	PoolConns        int
+	CPUProfile       string
+	Statements       bool
+	// LogOutput receives the library's warnings and errors.
+	LogOutput io.Writer
+}
+
+// defaultOptions are the full benchmark's settings.
+func defaultOptions() options {
+	return options{
+		Runs:             2000,
+		StepsSeq:         100,
+		StepRuns:         5,
+		LatencySamples:   200,
+		LatencyPause:     20 * time.Millisecond,
+		Senders:          16,
+		SendBatch:        1,
+		BaselineCommits:  500,
+		BaselineWarmup:   50,
+		BaselineConns:    32,
+		BaselineDuration: 3 * time.Second,
+		MaxWorkers:       100,
+		PoolConns:        40,
+		Statements:       true,
+	}
+}
+
+func (o options) check() error {
+	var errs []error
+	for name, v := range map[string]int{
+		"-runs": o.Runs, "-steps-seq": o.StepsSeq, "-step-runs": o.StepRuns,
+		"-latency-samples": o.LatencySamples, "-senders": o.Senders, "-send-batch": o.SendBatch,
+		"-baseline-commits": o.BaselineCommits, "-max-workers": o.MaxWorkers, "-pool-conns": o.PoolConns,
+	} {
+		if v < 1 {
+			errs = append(errs, fmt.Errorf("%s must be at least 1 (got %d)", name, v))
+		}
+	}
+	if o.BaselineConns < 1 {
+		errs = append(errs, errors.New("baseline connections must be at least 1"))
+	}
+	if o.BaselineDuration <= 0 {
+		errs = append(errs, errors.New("-baseline-duration must be positive"))
+	}
+	if o.PoolConns < 3 {
+		errs = append(errs, errors.New("-pool-conns must be at least 3 (River's listener holds one)"))
+	}
+	return errors.Join(errs...)
+}
+
+// env is what every phase shares: the database, the bench schema, the
+// monitor reading server statistics, and the report being written.
+type env struct {
+	o      options
+	url    string
+	schema string
+	// tag is random and unique to this process: it prefixes the
+	// application_name of every connection the bench opens, so that the
+	// monitor can wait for them to close (closing flushes their statistics).
+	tag    string
+	mon    *monitor
+	out    io.Writer
+	logger *slog.Logger
+	warns  atomic.Int64 // library log records at Warn or above
+	errs   atomic.Int64 // of which at Error or above
+	rows   []summaryRow
+}
+
+// summaryRow is one line of the closing table.
+type summaryRow struct {
+	Metric, Measured, Target, Result string
+}
+
+func (e *env) printf(format string, args ...any) { fmt.Fprintf(e.out, format, args...) }
+
+func (e *env) section(title string) { e.printf("\n== %s ==\n", title) }
+
+func (e *env) summarize(metric, measured, target, result string) {
+	e.rows = append(e.rows, summaryRow{metric, measured, target, result})
+}
+
+// verdict returns PASS or MISS.
+func verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+// run executes the whole benchmark and writes the report to out.
+func run(ctx context.Context, o options, out io.Writer) (err error) {
+	if err := o.check(); err != nil {
+		return err
+	}
+	if o.LogOutput == nil {
+		o.LogOutput = io.Discard
+	}
+	dbURL, err := testdb.URL(ctx)
+	if err != nil {
+		return fmt.Errorf("finding Postgres: %w", err)
+	}
+	var rnd [5]byte
+	_, _ = rand.Read(rnd[:])
+	e := &env{
+		o:      o,
+		url:    dbURL,
+		schema: "bench_" + hex.EncodeToString(rnd[:]),
+		tag:    "durable-bench-" + hex.EncodeToString(rnd[:]),
+		out:    out,
+	}
+	e.mon = &monitor{e: e}
+	e.logger = slog.New(&countingHandler{
+		h:     slog.NewTextHandler(o.LogOutput, &slog.HandlerOptions{Level: slog.LevelWarn}),
+		warns: &e.warns, errs: &e.errs,
+	})
+
+	admin, err := e.pool(ctx, "admin", 2, nil)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	var version string
+	if err := admin.QueryRow(ctx, "SHOW server_version").Scan(&version); err != nil {
+		return fmt.Errorf("reading the server version: %w", err)
+	}
+	var syncCommit string
+	_ = admin.QueryRow(ctx, "SHOW synchronous_commit").Scan(&syncCommit)
+
+	if err := migrate.Up(ctx, admin, e.schema); err != nil {
+		return fmt.Errorf("migrate.Up(%s): %w", e.schema, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		if _, derr := admin.Exec(dctx, "DROP SCHEMA "+pgx.Identifier{e.schema}.Sanitize()+" CASCADE"); derr != nil {
+			err = errors.Join(err, fmt.Errorf("dropping schema %s: %w", e.schema, derr))
+		}
+	}()
+	if _, err := admin.Exec(ctx, "CREATE TABLE "+e.table("bench_t")+" (v bigint NOT NULL)"); err != nil {
+		return fmt.Errorf("creating bench_t: %w", err)
+	}
+	admin.Close() // its backends' statistics must be flushed before the first snapshot
+
+	e.printf("durable-bench: %s %s/%s, %d CPUs (GOMAXPROCS %d), PostgreSQL %s (synchronous_commit=%s)\n",
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), version, syncCommit)
+	e.printf("database %s, schema %s; started %s\n", redact(dbURL), e.schema, time.Now().Format(time.RFC3339))
+	e.printf("engine phases: one client per phase, MaxWorkers %d, pgxpool MaxConns %d, RecoverAfter default\n",
+		o.MaxWorkers, o.PoolConns)
+	start := time.Now()
+
+	base, err := e.machineLimit(ctx)
+	if err != nil {
+		return fmt.Errorf("section 1 (machine limit): %w", err)
+	}
+	if err := e.stepLatency(ctx, base); err != nil {
+		return fmt.Errorf("section 2 (per-step latency): %w", err)
+	}
+	if err := e.throughput(ctx, base); err != nil {
+		return fmt.Errorf("section 3 (throughput): %w", err)
+	}
+	if err := e.eventLatency(ctx); err != nil {
+		return fmt.Errorf("section 4 (event latency): %w", err)
+	}
+
+	e.section("Summary")
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  metric\tmeasured\ttarget\tresult")
+	for _, r := range e.rows {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", r.Metric, r.Measured, r.Target, r.Result)
+	}
+	_ = tw.Flush()
+	e.printf("  library log records at WARN or above: %d (ERROR: %d)\n", e.warns.Load(), e.errs.Load())
+	e.printf("  total time %s\n", time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// table returns the quoted name of a table in the bench schema.
+func (e *env) table(name string) string { return pgx.Identifier{e.schema, name}.Sanitize() }
+
+// pool opens a pool whose connections carry the bench's application_name
+// (tag-role) and, when tracer is not nil, report to it.
+func (e *env) pool(ctx context.Context, role string, maxConns int32, tracer pgx.QueryTracer) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(e.url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the database URL: %w", err)
+	}
+	cfg.MaxConns = maxConns
+	cfg.ConnConfig.RuntimeParams["application_name"] = e.tag + "-" + role
+	if tracer != nil {
+		cfg.ConnConfig.Tracer = tracer
+	}
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening the %s pool: %w", role, err)
+	}
+	return p, nil
+}
+
+// conn opens a single connection with the bench's application_name.
+func (e *env) conn(ctx context.Context, role string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(e.url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the database URL: %w", err)
+	}
+	cfg.RuntimeParams["application_name"] = e.tag + "-" + role
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting (%s): %w", role, err)
+	}
+	return c, nil
+}
+
+// redact hides a password in a URL.
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxx")
+	}
+	return u.String()
+}
+
+// countingHandler counts records at Warn and Error or above and passes
+// them on.
+type countingHandler struct {
+	h           slog.Handler
+	warns, errs *atomic.Int64
+}
+
+func (c *countingHandler) Enabled(ctx context.Context, l slog.Level) bool { return c.h.Enabled(ctx, l) }
+
+func (c *countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		c.warns.Add(1)
+	}
+	if r.Level >= slog.LevelError {
+		c.errs.Add(1)
+	}
+	return c.h.Handle(ctx, r)
+}
+
+func (c *countingHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return &countingHandler{h: c.h.WithAttrs(a), warns: c.warns, errs: c.errs}
+}
+
+func (c *countingHandler) WithGroup(n string) slog.Handler {
+	return &countingHandler{h: c.h.WithGroup(n), warns: c.warns, errs: c.errs}
+}
+
+// ms formats a duration in milliseconds.
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// plural returns "s" unless n is 1.
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// indent prefixes every line of s.
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = prefix + l
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
