@@ -1,0 +1,157 @@
+// Command quickstart runs pgdurable's main example end to end and prints
+// what happened: an "order/created" event, sent inside the app's own
+// transaction, starts a durable function that charges the order in a StepTx
+// (the app's write and the step commit together), sleeps durably, then
+// sends a receipt.
+//
+//	go run ./examples/quickstart
+//
+// It finds Postgres through DATABASE_URL, else the local server at
+// 127.0.0.1:5432, else a testcontainers Postgres when Docker is available.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgdurable/durable"
+	"github.com/pgdurable/durable/internal/testdb"
+	"github.com/pgdurable/durable/migrate"
+)
+
+// Order is the data of an "order/created" event.
+type Order struct {
+	ID     string  `json:"id"`
+	Amount float64 `json:"amount"`
+	Email  string  `json:"email"`
+}
+
+// Charge is what the charge step records.
+type Charge struct {
+	ChargeID string  `json:"charge_id"`
+	Amount   float64 `json:"amount"`
+}
+
+// Receipt is the function's result.
+type Receipt struct {
+	OrderID  string `json:"order_id"`
+	ChargeID string `json:"charge_id"`
+	SentTo   string `json:"sent_to"`
+}
+
+const schema = "quickstart"
+
+func main() {
+	if err := run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "quickstart:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	url, err := testdb.URL(ctx)
+	if err != nil {
+		return err
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	// 1. Tables: River's and pgdurable's, plus the app's own.
+	if err := migrate.Up(ctx, pool, schema); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS quickstart.charges (
+		order_id text PRIMARY KEY, charge_id text NOT NULL, amount numeric NOT NULL)`); err != nil {
+		return err
+	}
+
+	// 2. A durable function.
+	processOrder := durable.NewFunction(durable.FunctionOpts{
+		ID:       "process-order",
+		Triggers: []durable.Trigger{{Event: "order/created", If: "event.data.amount > 100"}},
+	}, func(ctx context.Context, in durable.Input[Order]) (Receipt, error) {
+		log := durable.Logger(ctx) // logs once per run, not on replays
+		charge, err := durable.StepTx(ctx, "charge", func(ctx context.Context, tx pgx.Tx) (Charge, error) {
+			c := Charge{ChargeID: "ch_" + in.Event.Data.ID, Amount: in.Event.Data.Amount}
+			_, err := tx.Exec(ctx, `INSERT INTO quickstart.charges VALUES ($1, $2, $3)`, in.Event.Data.ID, c.ChargeID, c.Amount)
+			return c, err // the insert and the step's completion commit together
+		})
+		if err != nil {
+			return Receipt{}, err
+		}
+		log.Info("charged", "charge_id", charge.ChargeID)
+		// A durable sleep: no goroutine, connection or worker slot is held.
+		if err := durable.Sleep(ctx, "cool-off", 2*time.Second); err != nil {
+			return Receipt{}, err
+		}
+		return durable.Step(ctx, "email", func(ctx context.Context) (Receipt, error) {
+			return Receipt{OrderID: in.Event.Data.ID, ChargeID: charge.ChargeID, SentTo: in.Event.Data.Email}, nil
+		})
+	})
+
+	// 3. A client that executes it.
+	client, err := durable.NewClient(pool, &durable.Config{Schema: schema, Functions: []durable.Function{processOrder}})
+	if err != nil {
+		return err
+	}
+	if err := client.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = client.Stop(stopCtx)
+	}()
+
+	// 4. The app records an order and sends the event in one transaction.
+	order := Order{ID: fmt.Sprintf("o-%d", time.Now().UnixNano()), Amount: 149.90, Email: "ada@example.com"}
+	var eventID string
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		ids, err := client.SendTx(ctx, tx, durable.Event{Name: "order/created", Data: order})
+		if err != nil {
+			return err
+		}
+		eventID = ids[0]
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("sent order/created %s (event %s)\n", order.ID, eventID)
+
+	// 5. Watch the run.
+	var runs []*durable.Run
+	for len(runs) == 0 {
+		if runs, err = client.RunsForEvent(ctx, eventID); err != nil {
+			return err
+		}
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	run, err := client.WaitRun(waitCtx, runs[0].ID)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("run %s of %s: %s in %s\n", run.ID, run.FunctionID, run.Status, run.EndedAt.Sub(run.CreatedAt).Round(time.Millisecond))
+	for _, s := range run.Steps {
+		fmt.Printf("  step %-9s %-6s %-9s attempts=%d output=%s\n", s.ID, s.Kind, s.Status, s.Attempts, s.Output)
+	}
+	fmt.Printf("result: %s\n", run.Output)
+	var charged int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM quickstart.charges WHERE order_id = $1`, order.ID).Scan(&charged); err != nil {
+		return err
+	}
+	fmt.Printf("charges rows for %s: %d (exactly once)\n", order.ID, charged)
+	if run.Status != durable.RunCompleted {
+		return fmt.Errorf("run ended %s: %s", run.Status, run.Error)
+	}
+	return nil
+}
