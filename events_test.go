@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,4 +138,38 @@ func TestStepTxCommitsWithTheStepOrNotAtAll(t *testing.T) {
 	require.Equal(t, durable.RunCompleted, run.Status, run.Error)
 	require.Equal(t, 1, countRows(t, b, "charges"), "the failed attempt rolled back; the replay did not re-run the step")
 	require.Equal(t, 2, run.Steps[0].Attempts)
+}
+
+func TestSendEventStepSendsOncePerRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var fnCalls atomic.Int32
+	sender := durable.NewFunction(durable.FunctionOpts{ID: "sender"},
+		func(ctx context.Context, in durable.Input[M]) ([]string, error) {
+			ids, err := durable.SendEvent(ctx, "ping", durable.Event{Name: "x/ping", Data: M{"n": 1}})
+			if err != nil {
+				return nil, err
+			}
+			if fnCalls.Add(1) == 1 {
+				return nil, errors.New("fail after sending: the replay must not send again")
+			}
+			return ids, nil
+		})
+	receiver := durable.NewFunction(durable.FunctionOpts{ID: "receiver", Triggers: []durable.Trigger{{Event: "x/ping"}}},
+		func(ctx context.Context, in durable.Input[M]) (float64, error) { return in.Event.Data["n"].(float64), nil })
+	c := b.client(durable.Config{Functions: []durable.Function{sender, receiver}})
+	runID, err := c.Invoke(b.ctx, "sender", nil)
+	require.NoError(t, err)
+	run := b.waitRun(c, runID, 10*time.Second)
+	require.Equal(t, durable.RunCompleted, run.Status, run.Error)
+	var ids []string
+	require.NoError(t, json.Unmarshal(run.Output, &ids))
+	require.Len(t, ids, 1)
+	require.Equal(t, "send", run.Steps[0].Kind)
+	runs := b.runsFor(c, ids[0], 1)
+	require.Equal(t, durable.RunCompleted, b.waitRun(c, runs[0].ID, 10*time.Second).Status)
+	var events int
+	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+b.schema+".durable_event WHERE name = 'x/ping'").Scan(&events))
+	require.Equal(t, 1, events)
+	require.Equal(t, int32(2), fnCalls.Load())
 }

@@ -25,7 +25,7 @@ func Step[T any](ctx context.Context, id string, fn func(ctx context.Context) (T
 	if err != nil {
 		return zero, err
 	}
-	raw, err := rs.step(ctx, key, func(sctx context.Context) (json.RawMessage, error) {
+	raw, err := rs.step(ctx, key, "step", func(sctx context.Context) (json.RawMessage, error) {
 		v, err := fn(sctx)
 		if err != nil {
 			return nil, err
@@ -49,7 +49,7 @@ func StepTx[T any](ctx context.Context, id string, fn func(ctx context.Context, 
 	if err != nil {
 		return zero, err
 	}
-	raw, err := rs.step(ctx, key, nil, func(sctx context.Context, tx pgx.Tx) (json.RawMessage, error) {
+	raw, err := rs.step(ctx, key, "step", nil, func(sctx context.Context, tx pgx.Tx) (json.RawMessage, error) {
 		v, err := fn(sctx, tx)
 		if err != nil {
 			return nil, err
@@ -141,11 +141,10 @@ func enterStep(ctx context.Context, id string, nilFn bool) (*runState, string, e
 }
 
 // step runs (or replays) one Step or StepTx.
-func (rs *runState) step(ctx context.Context, key string,
+func (rs *runState) step(ctx context.Context, key, kind string,
 	plain func(context.Context) (json.RawMessage, error),
 	inTx func(context.Context, pgx.Tx) (json.RawMessage, error),
 ) (json.RawMessage, error) {
-	kind := "step"
 	rs.mu.Lock()
 	row := rs.lookup(key)
 	rs.mu.Unlock()
@@ -173,7 +172,7 @@ func (rs *runState) step(ctx context.Context, key string,
 	var out json.RawMessage
 	var err error
 	if inTx != nil {
-		out, err = rs.runTx(sctx, key, seq, inTx)
+		out, err = rs.runTx(sctx, key, kind, seq, inTx)
 	} else {
 		out, err = protect(func() (json.RawMessage, error) { return plain(sctx) })
 		if err == nil {
@@ -195,7 +194,7 @@ func (rs *runState) step(ctx context.Context, key string,
 
 // runTx runs a StepTx attempt: the user's writes, the pending steps, this
 // step's row and the fence commit together.
-func (rs *runState) runTx(ctx context.Context, key string, seq int, fn func(context.Context, pgx.Tx) (json.RawMessage, error)) (json.RawMessage, error) {
+func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn func(context.Context, pgx.Tx) (json.RawMessage, error)) (json.RawMessage, error) {
 	tx, err := rs.c.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("durable: step %q: begin: %w", key, err)
@@ -208,7 +207,7 @@ func (rs *runState) runTx(ctx context.Context, key string, seq int, fn func(cont
 	if err := rs.checkOutput(key, out); err != nil {
 		return nil, err
 	}
-	row := &stepRow{Key: key, Seq: seq, Kind: "step", Status: stepCompleted, Attempts: 1, Output: out}
+	row := &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: 1, Output: out}
 	rs.mu.Lock()
 	if prev := rs.memo[key]; prev != nil {
 		row.Attempts = prev.Attempts + 1
