@@ -300,19 +300,49 @@ func (rs *runState) afterFinalCommit(ctx context.Context, err error) error {
 
 // suspend ends the attempt with the run waiting until at; lastErr records
 // a function-level error that is being retried.
+//
+// A short suspension is recorded and waited out in process. A longer one
+// completes this River job and inserts the job that continues the run,
+// scheduled at at, in the same transaction as the run's state: the run is
+// never without exactly one live job, and an early wake-up (an event, a
+// child run finishing) finds that job ready to be made available. (River's
+// JobSnooze would record the new state only when its completer flushes, up
+// to ~250 ms later, leaving a window where a wake-up finds the job still
+// running and is lost.)
 func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) error {
 	if lastErr == nil {
 		lastErr = rs.lastErr
 	}
-	err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunRunning), release: true, errText: lastErr, wakeAt: &at})
+	p := commitParams{status: string(RunRunning), release: true, errText: lastErr, wakeAt: &at}
+	if time.Until(at) <= shortSuspend && !rs.c.stopping.Load() {
+		if err := rs.commit(ctx, rs.c.pool, p); err != nil {
+			return rs.afterFinalCommit(ctx, err)
+		}
+		return &resumeSoon{at: at}
+	}
+	err := pgx.BeginFunc(ctx, rs.c.pool, func(tx pgx.Tx) error {
+		next, err := rs.c.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
+			Queue: rs.c.cfg.Queue, MaxAttempts: runJobMaxAttempts, ScheduledAt: at,
+		})
+		if err != nil {
+			return fmt.Errorf("durable: run %s: inserting continuation job: %w", rs.runID, err)
+		}
+		p.jobState, p.newJobID = "completed", &next.Job.ID
+		pending, newOwner, err := rs.commitIn(ctx, tx, p)
+		if err != nil {
+			return err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return err
+		}
+		rs.applyCommit(pending, newOwner)
+		return nil
+	})
 	if err != nil {
 		return rs.afterFinalCommit(ctx, err)
 	}
-	if time.Until(at) <= shortSuspend && !rs.c.stopping.Load() {
-		return &resumeSoon{at: at}
-	}
 	rs.c.kickWaker(at)
-	return river.JobSnooze(max(time.Until(at), 0))
+	return nil
 }
 
 // stopAttempt ends an attempt that must not go on: the run was cancelled,
@@ -350,6 +380,7 @@ type commitParams struct {
 	errText  *string
 	wakeAt   *time.Time
 	jobState string // "" or "completed"
+	newJobID *int64 // the job that continues a suspended run
 }
 
 type execer interface {
@@ -395,7 +426,7 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 	err := db.QueryRow(ctx, rs.c.q.get("Commit"),
 		rs.runID, newOwner, expected, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
 		keys, seqs, kinds, statuses, attempts, outputs, errs, wakes,
-		rs.jobID, p.jobState, nil, rs.c.notifyChannel, rs.c.notifyPayload,
+		rs.jobID, p.jobState, nil, rs.c.notifyChannel, rs.c.notifyPayload, p.newJobID,
 	).Scan(&runs, &steps, &jobs, &notes)
 	if err != nil {
 		return nil, nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)

@@ -165,6 +165,11 @@ type pendingRun struct {
 	events     []eventJSON
 }
 
+// runJobMaxAttempts is the River attempt limit of run jobs: River's own
+// retries only cover infrastructure failures (a step's retries are
+// counted by the library), so the limit is only a backstop.
+const runJobMaxAttempts = 1000
+
 // insertRuns creates runs and their River jobs in tx and returns the run
 // IDs.
 func (c *Client) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) ([]string, error) {
@@ -177,7 +182,7 @@ func (c *Client) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) (
 		runIDs[i] = ids.New()
 		params[i] = river.InsertManyParams{
 			Args:       riverjobs.RunArgs{RunID: runIDs[i]},
-			InsertOpts: &river.InsertOpts{Queue: c.cfg.Queue, MaxAttempts: 1000},
+			InsertOpts: &river.InsertOpts{Queue: c.cfg.Queue, MaxAttempts: runJobMaxAttempts},
 		}
 	}
 	res, err := c.river.InsertManyTx(ctx, tx, params)

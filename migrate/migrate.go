@@ -17,7 +17,9 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
 	"path"
 	"sort"
 	"strconv"
@@ -30,6 +32,10 @@ import (
 
 	"github.com/pgdurable/durable/internal/pgident"
 )
+
+// quietLogger drops River's migrator's info logs ("no migrations to
+// apply" on every start).
+var quietLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 //go:embed sql/*.sql
 var sqlFS embed.FS
@@ -58,29 +64,53 @@ func Up(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 		return err
 	}
 	// Serialise concurrent callers (per schema) with a session advisory
-	// lock held on one connection. River's migrations run one transaction
-	// each (some add enum values, which must commit before use), so the
-	// lock cannot be a transaction's.
+	// lock held on one connection, and do all the work on that connection
+	// (a pool of one connection works). River's migrations commit one by
+	// one (some add enum values, which must commit before use), so the lock
+	// cannot be a transaction's.
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate: acquire: %w", err)
 	}
-	defer conn.Release()
+	unlocked := false
+	defer func() {
+		if !unlocked {
+			// The lock could not be released: never return a connection
+			// that holds it to the pool.
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+		conn.Release()
+	}()
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('pgdurable.migrate.' || $1::text))`, schema); err != nil {
 		return fmt.Errorf("migrate: lock: %w", err)
 	}
 	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('pgdurable.migrate.' || $1::text))`, schema)
+		_, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('pgdurable.migrate.' || $1::text))`, schema)
+		unlocked = err == nil
 	}()
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgident.Quote(schema)); err != nil {
 		return fmt.Errorf("migrate: create schema %s: %w", schema, err)
 	}
-	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Schema: schema})
+	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Schema: schema, Logger: quietLogger})
 	if err != nil {
 		return fmt.Errorf("migrate: river migrator: %w", err)
 	}
-	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
-		return fmt.Errorf("migrate: river migrations: %w", err)
+	for {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("migrate: begin: %w", err)
+		}
+		res, err := migrator.MigrateTx(ctx, tx, rivermigrate.DirectionUp, &rivermigrate.MigrateOpts{MaxSteps: 1})
+		if err != nil {
+			_ = tx.Rollback(ctx)
+			return fmt.Errorf("migrate: river migrations: %w", err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return fmt.Errorf("migrate: river migrations: %w", err)
+		}
+		if len(res.Versions) == 0 {
+			break
+		}
 	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -150,7 +180,7 @@ func Down(ctx context.Context, pool *pgxpool.Pool, schema string, withRiver bool
 		return err
 	}
 	if withRiver {
-		migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Schema: schema})
+		migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Schema: schema, Logger: quietLogger})
 		if err != nil {
 			return err
 		}
@@ -170,24 +200,48 @@ func Migrations(schema string) ([]Migration, error) {
 	if err != nil {
 		return nil, err
 	}
-	migrator, err := rivermigrate.New(riverpgxv5.New(nil), &rivermigrate.Config{Schema: schema})
+	migrator, err := rivermigrate.New(riverpgxv5.New(nil), &rivermigrate.Config{Schema: schema, Logger: quietLogger})
 	if err != nil {
 		return nil, err
 	}
 	var out []Migration
 	prefix := pgident.Quote(schema) + "."
 	for _, m := range migrator.AllVersions() {
+		// Record versions as migrate.Up and River do, so that Up later
+		// finds a schema built from these files up to date.
+		record := fmt.Sprintf("\nINSERT INTO %sriver_migration (line, version) VALUES ('main', %d) ON CONFLICT DO NOTHING;\n", prefix, m.Version)
+		forget := fmt.Sprintf("\nDELETE FROM %sriver_migration WHERE line = 'main' AND version = %d;\n", prefix, m.Version)
+		if m.Version < 5 { // the line column arrives with version 5
+			record = fmt.Sprintf("\nINSERT INTO %sriver_migration (version) VALUES (%d) ON CONFLICT DO NOTHING;\n", prefix, m.Version)
+			forget = fmt.Sprintf("\nDELETE FROM %sriver_migration WHERE version = %d;\n", prefix, m.Version)
+		}
+		down := strings.ReplaceAll(m.SQLDown, "/* TEMPLATE: schema */", prefix)
+		if m.Version > 1 { // version 1's down drops the table itself
+			down = forget + down
+		}
 		out = append(out, Migration{
 			Line:    "river",
 			Version: m.Version,
 			Name:    m.Name,
-			Up:      strings.ReplaceAll(m.SQLUp, "/* TEMPLATE: schema */", prefix),
-			Down:    strings.ReplaceAll(m.SQLDown, "/* TEMPLATE: schema */", prefix),
+			Up:      strings.ReplaceAll(m.SQLUp, "/* TEMPLATE: schema */", prefix) + record,
+			Down:    down,
 		})
 	}
 	ours, err := durableMigrations(schema)
 	if err != nil {
 		return nil, err
+	}
+	for i := range ours {
+		m := &ours[i]
+		m.Up += pgident.Render(fmt.Sprintf(`
+CREATE TABLE IF NOT EXISTS {{schema}}.durable_migration (
+    version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO {{schema}}.durable_migration (version, name) VALUES (%d, '%s') ON CONFLICT DO NOTHING;
+`, m.Version, m.Name), schema)
+		m.Down = pgident.Render(fmt.Sprintf("DELETE FROM {{schema}}.durable_migration WHERE version = %d;\n", m.Version), schema) + m.Down
+		if i == 0 {
+			m.Down += pgident.Render("\nDROP TABLE IF EXISTS {{schema}}.durable_migration;\n", schema)
+		}
 	}
 	return append(out, ours...), nil
 }

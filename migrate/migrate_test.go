@@ -225,7 +225,7 @@ func TestDownKeepsRiver(t *testing.T) {
 func TestInvalidSchemaRejected(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t)
-	for _, name := range []string{"Bad-Name", "x;drop", `a"b`, "1abc", strings.Repeat("a", 64)} {
+	for _, name := range []string{"Bad-Name", "x;drop", "1abc", strings.Repeat("a", 64)} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
@@ -266,7 +266,9 @@ func TestMigrationsRendered(t *testing.T) {
 		for dir, sql := range map[string]string{"up": m.Up, "down": m.Down} {
 			what := m.Line + " " + m.Name + " " + dir
 			require.NotEmpty(t, strings.TrimSpace(sql), what)
-			require.Contains(t, sql, `"myschema".`, what)
+			if !noOp(sql) {
+				require.Contains(t, sql, `"myschema".`, what)
+			}
 			require.NotContains(t, sql, "{{schema}}", what)
 			require.NotContains(t, sql, "TEMPLATE", what)
 		}
@@ -279,6 +281,18 @@ func TestMigrationsRendered(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, def, len(all))
 	require.Contains(t, def[0].Up, `"durable".`)
+}
+
+// noOp reports whether sql changes nothing (River has a placeholder
+// migration that is only "SELECT 1;"), so need not name the schema.
+func noOp(sql string) bool {
+	var stmts []string
+	for line := range strings.Lines(sql) {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "--") {
+			stmts = append(stmts, line)
+		}
+	}
+	return strings.Join(stmts, " ") == "SELECT 1;"
 }
 
 func TestMigrationsAppliedByHand(t *testing.T) {
@@ -303,6 +317,8 @@ func TestMigrationsAppliedByHand(t *testing.T) {
 	for _, name := range durableTables {
 		require.Contains(t, got, name)
 	}
+	// The files record their versions, so Up finds nothing left to do.
+	require.NoError(t, migrate.Up(ctx, pool, schema))
 
 	// And the downs, in reverse order, take it all away again.
 	for _, m := range slices.Backward(all) {
@@ -313,4 +329,19 @@ func TestMigrationsAppliedByHand(t *testing.T) {
 		require.NoError(t, err, "down %s %03d_%s", m.Line, m.Version, m.Name)
 	}
 	require.Empty(t, tables(t, pool, schema))
+}
+
+func TestUpWithAPoolOfOneConnection(t *testing.T) {
+	t.Parallel()
+	cfg, err := pgxpool.ParseConfig(dbURL(t))
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	schema := newSchema(t, pool)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, migrate.Up(ctx, pool, schema))
+	requireInstalled(t, pool, schema)
 }

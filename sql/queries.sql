@@ -53,8 +53,9 @@ WHERE r.id = $1;
 
 -- name: Commit
 -- The one write of an attempt: fenced on the run's owner token and live
--- status, it records steps, moves the run and reschedules or completes its
--- River job, all in one statement (one commit, or part of a StepTx's).
+-- status, it records steps, moves the run and completes its River job (a
+-- suspended run continues in a new job, $22, inserted in the same
+-- transaction), all in one statement (one commit, or part of a StepTx's).
 WITH r AS (
     UPDATE {{schema}}.durable_run SET
         owner       = $2,
@@ -63,6 +64,7 @@ WITH r AS (
         error       = $6,
         fn_attempts = $7,
         wake_at     = $8,
+        job_id      = coalesce($22, job_id),
         started_at  = coalesce(started_at, now()),
         ended_at    = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN now() END,
         updated_at  = now()

@@ -1,4 +1,4 @@
--- Core tables of pgdurable. {{schema}} is replaced by the quoted schema name.
+-- Core tables of pgdurable, in the schema given to migrate.Up.
 
 -- Functions registered by worker processes, so that any process (even one
 -- with no functions, such as an API server) can route events to them.
