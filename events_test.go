@@ -156,7 +156,9 @@ func TestSendEventStepSendsOncePerRun(t *testing.T) {
 			return ids, nil
 		})
 	receiver := durable.NewFunction(durable.FunctionOpts{ID: "receiver", Triggers: []durable.Trigger{{Event: "x/ping"}}},
-		func(ctx context.Context, in durable.Input[M]) (float64, error) { return in.Event.Data["n"].(float64), nil })
+		func(ctx context.Context, in durable.Input[M]) (float64, error) {
+			return in.Event.Data["n"].(float64), nil
+		})
 	c := b.client(durable.Config{Functions: []durable.Function{sender, receiver}})
 	runID, err := c.Invoke(b.ctx, "sender", nil)
 	require.NoError(t, err)

@@ -170,7 +170,12 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		defer cancel()
-		if _, derr := admin.Exec(dctx, "DROP SCHEMA "+pgx.Identifier{e.schema}.Sanitize()+" CASCADE"); derr != nil {
+		conn, derr := e.conn(dctx, "drop")
+		if derr == nil {
+			_, derr = conn.Exec(dctx, "DROP SCHEMA "+pgx.Identifier{e.schema}.Sanitize()+" CASCADE")
+			_ = conn.Close(dctx)
+		}
+		if derr != nil {
 			err = errors.Join(err, fmt.Errorf("dropping schema %s: %w", e.schema, derr))
 		}
 	}()
