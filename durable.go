@@ -108,6 +108,7 @@ type Client struct {
 	active    sync.Map        // run ID -> struct{}: attempts executing in this process
 	activeN   atomic.Int64
 	wakeCh    chan time.Time
+	routeCh   chan struct{}
 }
 
 // NewClient builds a client. It checks every function and option and
@@ -172,6 +173,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 		notifyPayload: fmt.Sprintf(`{"queue": %q}`, cfg.Queue),
 		attempers:     map[string]bool{},
 		wakeCh:        make(chan time.Time, 1),
+		routeCh:       make(chan struct{}, 1),
 	}
 	for i, f := range cfg.Functions {
 		if f == nil {

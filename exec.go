@@ -156,7 +156,7 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 	if def == nil {
 		c.logger.WarnContext(ctx, "durable: this process does not have the run's function; leaving it to another",
 			"run_id", runID, "function_id", lr.functionID)
-		return river.JobSnooze(5 * time.Second)
+		return river.JobSnooze(time.Second)
 	}
 	if lr.owner != nil && lr.ownerAlive {
 		if w, _, _ := strings.Cut(*lr.owner, "|"); w != attempter {
@@ -422,17 +422,20 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 	if p.output != nil {
 		output = p.output
 	}
-	var runs, steps, jobs, notes int
+	var runs, steps, jobs, notes, events int
 	err := db.QueryRow(ctx, rs.c.q.get("Commit"),
 		rs.runID, newOwner, expected, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
 		keys, seqs, kinds, statuses, attempts, outputs, errs, wakes,
 		rs.jobID, p.jobState, nil, rs.c.notifyChannel, rs.c.notifyPayload, p.newJobID,
-	).Scan(&runs, &steps, &jobs, &notes)
+	).Scan(&runs, &steps, &jobs, &notes, &events)
 	if err != nil {
 		return nil, nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 	}
 	if runs == 0 {
 		return nil, nil, rs.fenceFailed(ctx)
+	}
+	if events > 0 {
+		rs.c.kickRouter()
 	}
 	return pending, newOwner, nil
 }

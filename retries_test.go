@@ -210,7 +210,10 @@ func TestPanicsAreRecoveredAndRetried(t *testing.T) {
 			}
 			return v, nil
 		})
-	c := b.client(durable.Config{Functions: []durable.Function{fn}})
+	// A panic that never stops fails the run, with the panic and stack recorded.
+	fn2 := durable.NewFunction(durable.FunctionOpts{ID: "always-panics", Retries: durable.Ptr(0)},
+		func(ctx context.Context, in durable.Input[M]) (int, error) { panic("no way") })
+	c := b.client(durable.Config{Functions: []durable.Function{fn, fn2}})
 	runID, err := c.Invoke(b.ctx, "panics", nil)
 	require.NoError(t, err)
 	run := b.waitRun(c, runID, 10*time.Second)
@@ -218,13 +221,9 @@ func TestPanicsAreRecoveredAndRetried(t *testing.T) {
 	require.Equal(t, int32(2), stepCalls.Load())
 	require.Equal(t, int32(2), fnCalls.Load())
 
-	// A panic that never stops fails the run, with the panic and stack recorded.
-	fn2 := durable.NewFunction(durable.FunctionOpts{ID: "always-panics", Retries: durable.Ptr(0)},
-		func(ctx context.Context, in durable.Input[M]) (int, error) { panic("no way") })
-	c2 := b.client(durable.Config{Functions: []durable.Function{fn2}})
-	runID, err = c2.Invoke(b.ctx, "always-panics", nil)
+	runID, err = c.Invoke(b.ctx, "always-panics", nil)
 	require.NoError(t, err)
-	run = b.waitRun(c2, runID, 10*time.Second)
+	run = b.waitRun(c, runID, 10*time.Second)
 	require.Equal(t, durable.RunFailed, run.Status)
 	require.Contains(t, run.Error, "panic: no way")
 	require.Contains(t, run.Error, "goroutine", "the stack is recorded")

@@ -128,8 +128,7 @@ func (c *Client) RunsForEvent(ctx context.Context, eventID string) ([]*Run, erro
 // unknown run is an error wrapping [ErrRunNotFound].
 func (c *Client) Cancel(ctx context.Context, runID string) error {
 	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		var jobID *int64
-		err := tx.QueryRow(ctx, c.q.get("CancelRun"), runID, "cancelled").Scan(&jobID)
+		jobID, err := c.cancelRun(ctx, tx, runID, "cancelled")
 		if errors.Is(err, pgx.ErrNoRows) {
 			var exists bool
 			if err := tx.QueryRow(ctx, c.q.get("RunExists"), runID).Scan(&exists); err != nil {
@@ -150,6 +149,22 @@ func (c *Client) Cancel(ctx context.Context, runID string) error {
 		}
 		return nil
 	})
+}
+
+// cancelRun cancels a live run in tx (emitting durable/function.cancelled
+// and telling a waiting parent) and returns its current job; pgx.ErrNoRows
+// when the run is not live.
+func (c *Client) cancelRun(ctx context.Context, tx pgx.Tx, runID, reason string) (*int64, error) {
+	var jobID *int64
+	var events int
+	err := tx.QueryRow(ctx, c.q.get("CancelRun"), runID, reason, c.notifyChannel).Scan(&jobID, &events)
+	if err != nil {
+		return nil, err
+	}
+	if events > 0 {
+		c.kickRouter()
+	}
+	return jobID, nil
 }
 
 func scanRun(row pgx.Row) (*Run, error) {

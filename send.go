@@ -95,19 +95,33 @@ func (c *Client) sendPrepared(ctx context.Context, tx pgx.Tx, events []eventJSON
 	for _, id := range inserted {
 		fresh[id] = true
 	}
+	var freshEvents []eventJSON
+	for _, e := range uniq {
+		if fresh[e.ID] {
+			freshEvents = append(freshEvents, e)
+		}
+	}
+	if err := c.fanOut(ctx, tx, freshEvents); err != nil {
+		return nil, err
+	}
+	return result, nil
+}
+
+// fanOut starts the runs that new events trigger, in tx.
+func (c *Client) fanOut(ctx context.Context, tx pgx.Tx, events []eventJSON) error {
 	nameSet := map[string]bool{}
 	var nameList []string
-	for _, e := range uniq {
-		if fresh[e.ID] && !nameSet[e.Name] {
+	for _, e := range events {
+		if !nameSet[e.Name] {
 			nameSet[e.Name] = true
 			nameList = append(nameList, e.Name)
 		}
 	}
 	type trig struct{ fn, ifExpr string }
 	byName := map[string][]trig{}
-	rows, err = tx.Query(ctx, c.q.get("MatchTriggers"), nameList)
+	rows, err := tx.Query(ctx, c.q.get("MatchTriggers"), nameList)
 	if err != nil {
-		return nil, fmt.Errorf("durable: matching triggers: %w", err)
+		return fmt.Errorf("durable: matching triggers: %w", err)
 	}
 	var fn, name, ifExpr string
 	_, err = pgx.ForEachRow(rows, []any{&fn, &name, &ifExpr}, func() error {
@@ -115,13 +129,10 @@ func (c *Client) sendPrepared(ctx context.Context, tx pgx.Tx, events []eventJSON
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("durable: matching triggers: %w", err)
+		return fmt.Errorf("durable: matching triggers: %w", err)
 	}
 	var newRuns []pendingRun
-	for _, e := range uniq {
-		if !fresh[e.ID] {
-			continue
-		}
+	for _, e := range events {
 		var evMap map[string]any
 		started := map[string]bool{}
 		for _, t := range byName[e.Name] {
@@ -146,10 +157,8 @@ func (c *Client) sendPrepared(ctx context.Context, tx pgx.Tx, events []eventJSON
 			newRuns = append(newRuns, pendingRun{functionID: t.fn, events: []eventJSON{e}})
 		}
 	}
-	if _, err := c.insertRuns(ctx, tx, newRuns); err != nil {
-		return nil, err
-	}
-	return result, nil
+	_, err = c.insertRuns(ctx, tx, newRuns)
+	return err
 }
 
 func (c *Client) evalFilter(src string, event map[string]any) (bool, error) {

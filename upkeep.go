@@ -6,6 +6,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgdurable/durable/riverjobs"
 )
 
@@ -15,11 +17,79 @@ func (c *Client) startUpkeep(ctx context.Context) {
 	every := c.cfg.RecoverAfter / 5
 	c.loop(ctx, every, "heartbeat", c.heartbeat)
 	c.loop(ctx, every, "recovery", c.rescue)
-	c.bgDone.Add(1)
+	c.bgDone.Add(2)
 	go func() {
 		defer c.bgDone.Done()
 		c.waker(ctx)
 	}()
+	go func() {
+		defer c.bgDone.Done()
+		c.router(ctx)
+	}()
+}
+
+// kickRouter asks the router to look for events to route now.
+func (c *Client) kickRouter() {
+	select {
+	case c.routeCh <- struct{}{}:
+	default:
+	}
+}
+
+// router routes the events the library emits itself (system events) to
+// the runs they trigger. They are stored in the transaction that ends a
+// run; any live process routes them, exactly once, right after (this one
+// at once when it emitted them, the others within a second).
+func (c *Client) router(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.routeCh:
+		case <-time.After(time.Second):
+		}
+		for {
+			n, err := c.routeOnce(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.logger.WarnContext(ctx, "durable: routing system events failed", "error", err)
+				}
+				break
+			}
+			if n < 100 {
+				break
+			}
+		}
+	}
+}
+
+func (c *Client) routeOnce(ctx context.Context) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, c.q.get("UnroutedEvents"))
+		if err != nil {
+			return err
+		}
+		events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventJSON, error) {
+			var e eventJSON
+			err := row.Scan(&e.ID, &e.Name, &e.Data, &e.TS)
+			return e, err
+		})
+		if err != nil || len(events) == 0 {
+			return err
+		}
+		n = len(events)
+		if err := c.fanOut(ctx, tx, events); err != nil {
+			return err
+		}
+		ids := make([]string, len(events))
+		for i, e := range events {
+			ids[i] = e.ID
+		}
+		_, err = tx.Exec(ctx, c.q.get("MarkRouted"), ids)
+		return err
+	})
+	return n, err
 }
 
 func (c *Client) loop(ctx context.Context, every time.Duration, name string, fn func(context.Context) error) {

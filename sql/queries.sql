@@ -89,17 +89,34 @@ WITH r AS (
     RETURNING 1
 ), n AS (
     SELECT pg_notify($20, $21) WHERE $18 = 'available' AND EXISTS (SELECT 1 FROM r)
+), e AS (
+    SELECT {{schema}}.durable_end_run(r.id, $4, $5, $6, $20) AS events
+    FROM r WHERE $4 IN ('completed', 'failed')
 )
-SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s), (SELECT count(*) FROM j), (SELECT count(*) FROM n);
+SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s), (SELECT count(*) FROM j), (SELECT count(*) FROM n),
+    (SELECT coalesce(sum(events), 0) FROM e);
 
 -- name: RunStatus
 SELECT status, owner FROM {{schema}}.durable_run WHERE id = $1;
 
 -- name: CancelRun
-UPDATE {{schema}}.durable_run
-SET status = 'cancelled', error = $2, ended_at = now(), updated_at = now(), owner = NULL, wake_at = NULL
-WHERE id = $1 AND status IN ('queued', 'running')
-RETURNING job_id;
+WITH r AS (
+    UPDATE {{schema}}.durable_run
+    SET status = 'cancelled', error = $2, ended_at = now(), updated_at = now(), owner = NULL, wake_at = NULL
+    WHERE id = $1 AND status IN ('queued', 'running')
+    RETURNING id, job_id
+)
+SELECT r.job_id, {{schema}}.durable_end_run(r.id, 'cancelled', NULL, $2, $3) FROM r;
+
+-- name: UnroutedEvents
+SELECT id, name, data, ts FROM {{schema}}.durable_event
+WHERE NOT routed
+ORDER BY received_at
+LIMIT 100
+FOR UPDATE SKIP LOCKED;
+
+-- name: MarkRouted
+UPDATE {{schema}}.durable_event SET routed = true WHERE id = ANY($1::text[]);
 
 -- name: RunExists
 SELECT EXISTS (SELECT 1 FROM {{schema}}.durable_run WHERE id = $1);

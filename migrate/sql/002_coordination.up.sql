@@ -1,0 +1,129 @@
+-- Coordination: child runs (Invoke), waits and cancellation listeners,
+-- start/finish deadlines, idempotency keys, cron ticks.
+
+ALTER TABLE {{schema}}.durable_run
+    ADD COLUMN parent_run_id   text,
+    ADD COLUMN parent_step     text,
+    ADD COLUMN start_deadline  timestamptz,
+    ADD COLUMN finish_timeout  interval,
+    ADD COLUMN finish_deadline timestamptz;
+CREATE INDEX durable_run_parent_idx ON {{schema}}.durable_run (parent_run_id) WHERE parent_run_id IS NOT NULL;
+CREATE INDEX durable_run_start_deadline_idx ON {{schema}}.durable_run (start_deadline)
+    WHERE status = 'queued' AND start_deadline IS NOT NULL;
+CREATE INDEX durable_run_finish_deadline_idx ON {{schema}}.durable_run (finish_deadline)
+    WHERE status IN ('queued', 'running') AND finish_deadline IS NOT NULL;
+
+-- Open waits (WaitForEvent) and cancellation listeners (CancelOn). An
+-- incoming event finds its candidates by (event_name, match_path,
+-- match_value) when the condition has an indexable equality, else by
+-- event_name with match_path NULL; the full condition is then evaluated.
+CREATE TABLE {{schema}}.durable_wait (
+    id          bigserial PRIMARY KEY,
+    run_id      text NOT NULL REFERENCES {{schema}}.durable_run (id) ON DELETE CASCADE,
+    kind        text NOT NULL CHECK (kind IN ('wait', 'cancel')),
+    step_key    text,
+    event_name  text NOT NULL,
+    match_path  text,
+    match_value text,
+    if_expr     text NOT NULL DEFAULT '',
+    run_event   jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz
+);
+CREATE INDEX durable_wait_match_idx ON {{schema}}.durable_wait (event_name, match_path, match_value);
+CREATE INDEX durable_wait_run_idx ON {{schema}}.durable_wait (run_id);
+CREATE UNIQUE INDEX durable_wait_step_idx ON {{schema}}.durable_wait (run_id, step_key) WHERE kind = 'wait';
+
+-- Idempotency keys: one run per function per key per 24 hours.
+CREATE TABLE {{schema}}.durable_idempotency (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      text NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+
+-- Cron ticks: the primary key makes each tick start exactly one run,
+-- whichever process gets there first.
+CREATE TABLE {{schema}}.durable_cron_tick (
+    function_id text NOT NULL,
+    tick        timestamptz NOT NULL,
+    run_id      text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (function_id, tick)
+);
+
+-- Functions' settings that the process creating a run needs (it may have no
+-- functions of its own): idempotency key, cancellation listeners, timeouts.
+ALTER TABLE {{schema}}.durable_function ADD COLUMN config jsonb NOT NULL DEFAULT '{}';
+
+-- Events emitted by the library itself (system events) are stored at once,
+-- in the transaction that ends the run, and routed to the functions they
+-- trigger right after, by any live process (routed = false until then).
+ALTER TABLE {{schema}}.durable_event ADD COLUMN routed boolean NOT NULL DEFAULT true;
+CREATE INDEX durable_event_unrouted_idx ON {{schema}}.durable_event (received_at) WHERE NOT routed;
+
+-- durable_end_run does what every end of a run entails, in the transaction
+-- that ends it: it emits the system events (exactly once: their IDs derive
+-- from the run's), hands a child's result to its waiting parent, and drops
+-- the run's waits and cancellation listeners. It returns the number of
+-- events emitted.
+CREATE FUNCTION {{schema}}.durable_end_run(p_run_id text, p_status text, p_output jsonb, p_error text, p_channel text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    data jsonb;
+    n integer := 0;
+    cnt integer;
+    parent_job bigint;
+    parent_queue text;
+BEGIN
+    SELECT function_id, events, parent_run_id, parent_step INTO r
+    FROM {{schema}}.durable_run WHERE id = p_run_id;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    data := jsonb_build_object('function_id', r.function_id, 'run_id', p_run_id, 'event', r.events -> 0);
+    IF p_status = 'completed' THEN
+        data := data || jsonb_build_object('result', coalesce(p_output, 'null'::jsonb));
+    ELSE
+        data := data || jsonb_build_object('error', coalesce(p_error, p_status));
+    END IF;
+    INSERT INTO {{schema}}.durable_event (id, name, data, ts, routed)
+    SELECT p_run_id || '/' || e.suffix, 'durable/function.' || e.suffix, data, now(), false
+    FROM unnest(CASE p_status
+        WHEN 'completed' THEN ARRAY['finished']
+        WHEN 'failed' THEN ARRAY['failed', 'finished']
+        ELSE ARRAY['cancelled'] END) AS e(suffix)
+    ON CONFLICT (id) DO NOTHING;
+    GET DIAGNOSTICS cnt = ROW_COUNT;
+    n := n + cnt;
+
+    IF r.parent_run_id IS NOT NULL THEN
+        UPDATE {{schema}}.durable_step SET
+            status = CASE WHEN p_status = 'completed' THEN 'completed' ELSE 'failed' END,
+            output = CASE WHEN p_status = 'completed' THEN coalesce(p_output, 'null'::jsonb) END,
+            error = CASE WHEN p_status = 'completed' THEN NULL
+                ELSE 'invoked run ' || p_run_id || ' ' || p_status || coalesce(': ' || p_error, '') END,
+            wake_at = NULL,
+            updated_at = now()
+        WHERE run_id = r.parent_run_id AND key = r.parent_step AND status = 'waiting';
+        IF FOUND THEN
+            UPDATE {{schema}}.durable_run SET wake_at = NULL, updated_at = now()
+            WHERE id = r.parent_run_id AND status IN ('queued', 'running')
+            RETURNING job_id INTO parent_job;
+            IF parent_job IS NOT NULL THEN
+                UPDATE {{schema}}.river_job SET state = 'available', scheduled_at = now()
+                WHERE id = parent_job AND state IN ('scheduled', 'retryable', 'available')
+                RETURNING queue INTO parent_queue;
+                IF parent_queue IS NOT NULL THEN
+                    PERFORM pg_notify(p_channel, json_build_object('queue', parent_queue)::text);
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+
+    DELETE FROM {{schema}}.durable_wait WHERE run_id = p_run_id;
+    RETURN n;
+END;
+$$;
