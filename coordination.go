@@ -3,11 +3,24 @@ package durable
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgdurable/durable/internal/expr"
 )
+
+// Statuses of waiting steps.
+const (
+	stepWaiting  = "waiting"
+	stepTimedOut = "timed_out"
+)
+
+// noTimeout is how far ahead a wait without timeout schedules its run's
+// job (it is woken by what it waits for).
+const noTimeout = 10 * 365 * 24 * time.Hour
 
 // WaitOpts configures [WaitForEvent].
 type WaitOpts struct {
@@ -26,17 +39,375 @@ type InvokeOpts struct {
 // WaitForEvent returns the first matching event received after the wait
 // began, or an error wrapping ErrEventTimeout.
 //
-// Not supported yet: it returns an error wrapping [ErrNotSupported].
+// The run is suspended while it waits (no goroutine, connection or worker
+// slot is held). An event committed after the wait began is delivered even
+// if it arrives while this process is still suspending the run.
 func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEvent[T], error) {
-	return TypedEvent[T]{}, fmt.Errorf("durable: WaitForEvent %q: %w", id, ErrNotSupported)
+	var zero TypedEvent[T]
+	rs, key, err := enterStep(ctx, id, false)
+	if err != nil {
+		return zero, err
+	}
+	if opts.Event == "" {
+		return zero, NonRetriable(fmt.Errorf("durable: WaitForEvent %q: WaitOpts.Event is required", key))
+	}
+	if opts.Timeout <= 0 {
+		return zero, NonRetriable(fmt.Errorf("durable: WaitForEvent %q: WaitOpts.Timeout is required", key))
+	}
+	if opts.If != "" {
+		if err := rs.c.checkFilter(opts.If, expr.EventAndAsync); err != nil {
+			return zero, NonRetriable(fmt.Errorf("durable: WaitForEvent %q: WaitOpts.If: %w", key, err))
+		}
+	}
+	raw, err := rs.waitingStep(ctx, key, "wait", func(row *stepRow) suspendHook {
+		began := rs.dbTime()
+		wake := *row.WakeAt
+		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
+			return rs.registerWait(ctx, tx, row, opts, began, wake)
+		}
+	}, opts.Timeout)
+	if err != nil {
+		return zero, err
+	}
+	var ev eventJSON
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return zero, NonRetriable(fmt.Errorf("durable: WaitForEvent %q: decoding event: %w", key, err))
+	}
+	te, err := decodeEvent[T](ev)
+	if err != nil {
+		return zero, NonRetriable(fmt.Errorf("durable: WaitForEvent %q: decoding event data into %T: %w", key, te.Data, err))
+	}
+	return te, nil
 }
 
-// Invoke runs another function as a step and returns its result.
-//
-// Not supported yet: it returns an error wrapping [ErrNotSupported].
+// Invoke runs another function as a step and returns its result. The
+// invoked run is a child of this one (each shows the other in the runs
+// API); this run is suspended until it ends. A failed or cancelled child
+// makes Invoke return a *StepError; a timeout, an error wrapping
+// ErrEventTimeout; an unknown function, an error wrapping
+// ErrFunctionNotFound.
 func Invoke[T any](ctx context.Context, id string, opts InvokeOpts) (T, error) {
 	var zero T
-	return zero, fmt.Errorf("durable: Invoke %q: %w", id, ErrNotSupported)
+	rs, key, err := enterStep(ctx, id, false)
+	if err != nil {
+		return zero, err
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = noTimeout
+	}
+	raw, err := rs.waitingStep(ctx, key, "invoke", func(row *stepRow) suspendHook {
+		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
+			return false, rs.startChild(ctx, tx, row, opts)
+		}
+	}, timeout)
+	if err != nil {
+		return zero, err
+	}
+	return unmarshalStep[T](key, raw)
+}
+
+// waitingStep runs (or replays) a step that waits for something delivered
+// from outside (an event, a child's result): first time, it records the
+// step as waiting until the timeout and suspends the run, doing the
+// step's own work (hook) in the suspending transaction.
+func (rs *runState) waitingStep(ctx context.Context, key, kind string, hook func(*stepRow) suspendHook, timeout time.Duration) (json.RawMessage, error) {
+	rs.mu.Lock()
+	row := rs.lookup(key)
+	rs.mu.Unlock()
+	if row != nil {
+		switch row.Status {
+		case stepCompleted:
+			return row.Output, nil
+		case stepFailed:
+			return nil, &StepError{StepID: key, Attempts: max(row.Attempts, 1), Message: deref(row.Error)}
+		case stepTimedOut:
+			return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
+		case stepWaiting:
+			if row.WakeAt != nil && time.Until(*row.WakeAt) > 0 {
+				rs.suspendUntil(*row.WakeAt)
+			}
+			return rs.claimTimeout(ctx, key, kind)
+		}
+	}
+	if err := rs.boundary(ctx, key); err != nil {
+		return nil, err
+	}
+	wake := time.Now().Add(timeout).UTC()
+	row = &stepRow{Key: key, Seq: rs.newSeq(), Kind: kind, Status: stepWaiting, Attempts: 1, WakeAt: &wake}
+	rs.addPending(row)
+	rs.mu.Lock()
+	rs.hooks = append(rs.hooks, hook(row))
+	rs.mu.Unlock()
+	rs.suspendUntil(wake)
+	return nil, nil // not reached
+}
+
+// claimTimeout ends a waiting step whose timeout passed, unless what it
+// waited for was delivered first.
+func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.RawMessage, error) {
+	c := rs.c
+	msg := "timed out"
+	tag, err := c.pool.Exec(ctx, c.q.get("ClaimTimeout"), rs.runID, key, msg)
+	if err != nil {
+		rs.stop(err)
+	}
+	if tag.RowsAffected() == 1 {
+		rs.setMemo(&stepRow{Key: key, Kind: kind, Status: stepTimedOut, Attempts: 1, Error: &msg})
+		return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
+	}
+	var status string
+	var out []byte
+	var errText *string
+	var attempts int
+	if err := c.pool.QueryRow(ctx, c.q.get("GetStep"), rs.runID, key).Scan(&status, &out, &errText, &attempts); err != nil {
+		rs.stop(err)
+	}
+	rs.setMemo(&stepRow{Key: key, Kind: kind, Status: status, Attempts: attempts, Output: out, Error: errText})
+	switch status {
+	case stepCompleted:
+		return out, nil
+	case stepTimedOut:
+		return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
+	default:
+		return nil, &StepError{StepID: key, Attempts: max(attempts, 1), Message: deref(errText)}
+	}
+}
+
+func (rs *runState) setMemo(row *stepRow) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if old := rs.memo[row.Key]; old != nil {
+		row.Seq = old.Seq
+	}
+	rs.memo[row.Key] = row
+}
+
+// startChild creates the invoked run, in the suspending transaction.
+func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, opts InvokeOpts) error {
+	c := rs.c
+	cfg, err := c.functionConfig(ctx, tx, opts.Function)
+	if err != nil {
+		return fmt.Errorf("durable: invoke %q of %q: %w", row.Key, opts.Function, err)
+	}
+	ev, err := prepareEvent(Event{Name: EventFunctionInvoked, Data: opts.Data}, 0, c.cfg.MaxEventSize)
+	if err != nil {
+		return fmt.Errorf("durable: invoke %q: %w", row.Key, err)
+	}
+	ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: opts.Function, cfg: cfg, events: []eventJSON{ev}, parentRunID: rs.runID, parentStep: row.Key}})
+	if err != nil {
+		return err
+	}
+	if ids[0] == "" {
+		return fmt.Errorf("durable: invoke %q: a run of %q with the same idempotency key exists", row.Key, opts.Function)
+	}
+	rs.mu.Lock()
+	row.ChildRun = &ids[0]
+	rs.mu.Unlock()
+	return nil
+}
+
+// registerWait stores a wait, in the suspending transaction, unless a
+// matching event arrived since the wait began. Senders of the event name
+// take the same lock (shared), so an event is either committed before this
+// looks (and found here) or sent after the wait is stored (and finds it).
+func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, opts WaitOpts, began, wake time.Time) (bool, error) {
+	c := rs.c
+	if _, err := tx.Exec(ctx, c.q.get("LockEventName"), c.schema, []string{opts.Event}); err != nil {
+		return false, err
+	}
+	rows, err := tx.Query(ctx, c.q.get("EventsSince"), opts.Event, began)
+	if err != nil {
+		return false, err
+	}
+	events, err := pgx.CollectRows(rows, scanEvent)
+	if err != nil {
+		return false, err
+	}
+	trigger := rs.trigger.asMap()
+	for _, e := range events {
+		ok := true
+		if opts.If != "" {
+			if ok, err = c.evalWait(opts.If, trigger, e.asMap()); err != nil {
+				ok = false
+			}
+		}
+		if ok {
+			out, err := json.Marshal(e)
+			if err != nil {
+				return false, err
+			}
+			rs.mu.Lock()
+			row.Status, row.Output, row.WakeAt = stepCompleted, out, nil
+			rs.mu.Unlock()
+			return true, nil
+		}
+	}
+	var w waitRows
+	key := row.Key
+	w.add(c, rs.runID, "wait", &key, opts.Event, opts.If, rs.trigger, &wake)
+	return false, w.insert(ctx, c, tx)
+}
+
+func scanEvent(row pgx.CollectableRow) (eventJSON, error) {
+	var e eventJSON
+	err := row.Scan(&e.ID, &e.Name, &e.Data, &e.TS)
+	return e, err
+}
+
+func (c *Client) evalWait(src string, event, async map[string]any) (bool, error) {
+	p, err := c.exprs.Compile(src, expr.EventAndAsync)
+	if err != nil {
+		return false, err
+	}
+	return p.Bool(event, async)
+}
+
+// deliver hands new events to the waits and cancellation listeners they
+// match, in the sending transaction.
+func (c *Client) deliver(ctx context.Context, tx pgx.Tx, events []eventJSON) error {
+	for _, e := range events {
+		var paths, values []string
+		var evMap map[string]any
+		evMap = e.asMap()
+		for p, v := range expr.Leaves(evMap, 200) {
+			paths, values = append(paths, p), append(values, v)
+		}
+		rows, err := tx.Query(ctx, c.q.get("MatchWaits"), e.Name, paths, values)
+		if err != nil {
+			return fmt.Errorf("durable: matching waits: %w", err)
+		}
+		type cand struct {
+			id             int64
+			runID, kind    string
+			step           *string
+			ifExpr         string
+			runEvent       []byte
+			runEventParsed eventJSON
+		}
+		cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
+			var k cand
+			err := row.Scan(&k.id, &k.runID, &k.kind, &k.step, &k.ifExpr, &k.runEvent)
+			return k, err
+		})
+		if err != nil {
+			return fmt.Errorf("durable: matching waits: %w", err)
+		}
+		for _, k := range cands {
+			if k.ifExpr != "" {
+				if err := json.Unmarshal(k.runEvent, &k.runEventParsed); err != nil {
+					continue
+				}
+				ok, err := c.evalWait(k.ifExpr, k.runEventParsed.asMap(), evMap)
+				if err != nil || !ok {
+					continue
+				}
+			}
+			switch k.kind {
+			case "cancel":
+				jobID, err := c.cancelRun(ctx, tx, k.runID, fmt.Sprintf("cancelled by event %s (%s)", e.ID, e.Name))
+				if errors.Is(err, pgx.ErrNoRows) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				if err := c.cancelJob(ctx, tx, jobID); err != nil {
+					return err
+				}
+			case "wait":
+				var runID string
+				var step *string
+				err := tx.QueryRow(ctx, c.q.get("TakeWait"), k.id).Scan(&runID, &step)
+				if errors.Is(err, pgx.ErrNoRows) {
+					continue // another event took it first
+				}
+				if err != nil {
+					return err
+				}
+				out, err := json.Marshal(e)
+				if err != nil {
+					return err
+				}
+				var delivered bool
+				if err := tx.QueryRow(ctx, c.q.get("Deliver"), runID, deref(step), stepCompleted, out, nil, c.notifyChannel).Scan(&delivered); err != nil {
+					return fmt.Errorf("durable: delivering event to run %s: %w", runID, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// CancelFilter selects runs for [Client.CancelMany].
+type CancelFilter struct {
+	FunctionID    string    // required
+	StartedAfter  time.Time // optional: runs created after this
+	StartedBefore time.Time // optional: runs created before this
+	If            string    // optional CEL over `event` (the run's trigger)
+}
+
+// CancelMany cancels the live runs that match filter and returns how many
+// it cancelled. Each is cancelled as by [Client.Cancel].
+func (c *Client) CancelMany(ctx context.Context, filter CancelFilter) (int, error) {
+	if filter.FunctionID == "" {
+		return 0, errors.New("durable: CancelMany: CancelFilter.FunctionID is required")
+	}
+	var prog *expr.Program
+	if filter.If != "" {
+		p, err := c.exprs.Compile(filter.If, expr.EventOnly)
+		if err != nil {
+			return 0, fmt.Errorf("durable: CancelMany: CancelFilter.If: %w", err)
+		}
+		prog = p
+	}
+	var after, before *time.Time
+	if !filter.StartedAfter.IsZero() {
+		after = &filter.StartedAfter
+	}
+	if !filter.StartedBefore.IsZero() {
+		before = &filter.StartedBefore
+	}
+	rows, err := c.pool.Query(ctx, c.q.get("CancelCandidates"), filter.FunctionID, after, before)
+	if err != nil {
+		return 0, fmt.Errorf("durable: CancelMany: %w", err)
+	}
+	type cand struct {
+		id string
+		ev []byte
+	}
+	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
+		var k cand
+		err := row.Scan(&k.id, &k.ev)
+		return k, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("durable: CancelMany: %w", err)
+	}
+	n := 0
+	for _, k := range cands {
+		if prog != nil {
+			var ev eventJSON
+			if json.Unmarshal(k.ev, &ev) != nil {
+				continue
+			}
+			if ok, err := prog.Bool(ev.asMap(), nil); err != nil || !ok {
+				continue
+			}
+		}
+		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+			jobID, err := c.cancelRun(ctx, tx, k.id, "cancelled")
+			if err != nil {
+				return err
+			}
+			n++
+			return c.cancelJob(ctx, tx, jobID)
+		})
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return n, fmt.Errorf("durable: CancelMany: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // SendEvent sends events exactly once per run, as a step: the events are

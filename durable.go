@@ -2,6 +2,7 @@ package durable
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -324,7 +325,11 @@ func (c *Client) Stop(ctx context.Context) error {
 func (c *Client) registerFunctions(ctx context.Context) error {
 	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
 		for _, d := range c.funcs {
-			if _, err := tx.Exec(ctx, c.q.get("UpsertFunction"), d.opts.ID, d.opts.Name, d.retries()); err != nil {
+			cfg, err := json.Marshal(d.config())
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, c.q.get("UpsertFunction"), d.opts.ID, d.opts.Name, d.retries(), cfg); err != nil {
 				return fmt.Errorf("durable: registering function %q: %w", d.opts.ID, err)
 			}
 			if _, err := tx.Exec(ctx, c.q.get("DeleteTriggers"), d.opts.ID); err != nil {

@@ -44,6 +44,7 @@ type stepRow struct {
 	Output   json.RawMessage `json:"output"`
 	Error    *string         `json:"error"`
 	WakeAt   *time.Time      `json:"wake_at"`
+	ChildRun *string         `json:"-"`
 }
 
 // loadedRun is what an attempt reads before calling the function.
@@ -55,6 +56,9 @@ type loadedRun struct {
 	fnAttempts int
 	wakeAt     *time.Time
 	lastErr    *string
+	dbNow      time.Time
+	startLate  *bool
+	finishLate *bool
 	ownerAlive bool
 	steps      []stepRow
 }
@@ -80,6 +84,20 @@ type runState struct {
 	suspendAt  *time.Time
 	abort      error
 	replaying  atomic.Bool
+	hooks      []suspendHook // work the suspending transaction must do
+	dbNow      time.Time     // the database's clock when the attempt began...
+	goNow      time.Time     // ...and this process's at the same moment
+	trigger    eventJSON
+}
+
+// suspendHook runs inside the transaction that suspends a run (waits,
+// invocations). It returns true when the run must not suspend after all
+// (what it waits for has already happened).
+type suspendHook func(ctx context.Context, tx pgx.Tx) (resumeNow bool, err error)
+
+// dbTime estimates the database's clock now.
+func (rs *runState) dbTime() time.Time {
+	return rs.dbNow.Add(time.Since(rs.goNow))
 }
 
 type runKey struct{}
@@ -152,6 +170,22 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 	case string(RunCompleted), string(RunFailed), string(RunCancelled):
 		return nil
 	}
+	if (lr.startLate != nil && *lr.startLate && lr.status == string(RunQueued)) || (lr.finishLate != nil && *lr.finishLate) {
+		reason := "timed out: not started within Timeouts.Start"
+		if lr.finishLate != nil && *lr.finishLate {
+			reason = "timed out: not finished within Timeouts.Finish"
+		}
+		if err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+			_, err := c.cancelRun(ctx, tx, runID, reason)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			return err
+		}); err != nil {
+			return err
+		}
+		return river.JobCancel(errors.New(reason))
+	}
 	def := c.funcs[lr.functionID]
 	if def == nil {
 		c.logger.WarnContext(ctx, "durable: this process does not have the run's function; leaving it to another",
@@ -189,6 +223,11 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		lastErr:    lr.lastErr,
 		memo:       make(map[string]*stepRow, len(lr.steps)),
 		counters:   map[string]int{},
+		dbNow:      lr.dbNow,
+		goNow:      time.Now(),
+	}
+	if len(lr.events) > 0 {
+		rs.trigger = lr.events[0]
 	}
 	attempt := lr.fnAttempts
 	for i := range lr.steps {
@@ -314,20 +353,38 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 		lastErr = rs.lastErr
 	}
 	p := commitParams{status: string(RunRunning), release: true, errText: lastErr, wakeAt: &at}
-	if time.Until(at) <= shortSuspend && !rs.c.stopping.Load() {
+	rs.mu.Lock()
+	hooks := rs.hooks
+	rs.hooks = nil
+	rs.mu.Unlock()
+	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.c.stopping.Load() {
 		if err := rs.commit(ctx, rs.c.pool, p); err != nil {
 			return rs.afterFinalCommit(ctx, err)
 		}
 		return &resumeSoon{at: at}
 	}
+	resumeNow := false
 	err := pgx.BeginFunc(ctx, rs.c.pool, func(tx pgx.Tx) error {
-		next, err := rs.c.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
-			Queue: rs.c.cfg.Queue, MaxAttempts: runJobMaxAttempts, ScheduledAt: at,
-		})
-		if err != nil {
-			return fmt.Errorf("durable: run %s: inserting continuation job: %w", rs.runID, err)
+		for _, h := range hooks {
+			now, err := h(ctx, tx)
+			if err != nil {
+				return err
+			}
+			resumeNow = resumeNow || now
 		}
-		p.jobState, p.newJobID = "completed", &next.Job.ID
+		if resumeNow {
+			// What the run waits for is already here: record it and go on
+			// in this attempt.
+			p.wakeAt = nil
+		} else {
+			next, err := rs.c.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
+				Queue: rs.c.cfg.Queue, MaxAttempts: runJobMaxAttempts, ScheduledAt: at,
+			})
+			if err != nil {
+				return fmt.Errorf("durable: run %s: inserting continuation job: %w", rs.runID, err)
+			}
+			p.jobState, p.newJobID = "completed", &next.Job.ID
+		}
 		pending, newOwner, err := rs.commitIn(ctx, tx, p)
 		if err != nil {
 			return err
@@ -340,6 +397,9 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	})
 	if err != nil {
 		return rs.afterFinalCommit(ctx, err)
+	}
+	if resumeNow {
+		return &resumeSoon{at: time.Now()}
 	}
 	rs.c.kickWaker(at)
 	return nil
@@ -414,9 +474,10 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 	seqs, attempts := make([]int32, n), make([]int32, n)
 	outputs := make([][]byte, n)
 	wakes := make([]*time.Time, n)
+	children := make([]*string, n)
 	for i, s := range pending {
 		keys[i], kinds[i], statuses[i], errs[i] = s.Key, s.Kind, s.Status, s.Error
-		seqs[i], attempts[i], outputs[i], wakes[i] = int32(s.Seq), int32(s.Attempts), s.Output, s.WakeAt
+		seqs[i], attempts[i], outputs[i], wakes[i], children[i] = int32(s.Seq), int32(s.Attempts), s.Output, s.WakeAt, s.ChildRun
 	}
 	var output any
 	if p.output != nil {
@@ -426,7 +487,7 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 	err := db.QueryRow(ctx, rs.c.q.get("Commit"),
 		rs.runID, newOwner, expected, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
 		keys, seqs, kinds, statuses, attempts, outputs, errs, wakes,
-		rs.jobID, p.jobState, nil, rs.c.notifyChannel, rs.c.notifyPayload, p.newJobID,
+		rs.jobID, p.jobState, nil, rs.c.notifyChannel, rs.c.notifyPayload, p.newJobID, children,
 	).Scan(&runs, &steps, &jobs, &notes, &events)
 	if err != nil {
 		return nil, nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
@@ -487,7 +548,8 @@ func (c *Client) loadRun(ctx context.Context, runID string) (*loadedRun, error) 
 	lr := &loadedRun{}
 	var events, steps []byte
 	err := c.pool.QueryRow(ctx, c.q.get("LoadRun"), runID, c.cfg.RecoverAfter.Seconds()).Scan(
-		&lr.functionID, &lr.status, &events, &lr.owner, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr, &lr.ownerAlive, &steps)
+		&lr.functionID, &lr.status, &events, &lr.owner, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr, &lr.dbNow,
+		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &steps)
 	if err != nil {
 		return nil, err
 	}

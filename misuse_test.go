@@ -151,11 +151,13 @@ func TestNewClientValidation(t *testing.T) {
 		{"too many triggers", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f",
 			Triggers: make([]durable.Trigger, 11)}, noop)}, []string{"11 triggers, at most 10"}},
 		{"not supported yet", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f",
-			Concurrency: []durable.Concurrency{{Limit: 1}}, Idempotency: "event.data.id",
-			CancelOn: []durable.CancelOn{{Event: "x"}}, Timeouts: durable.Timeouts{Finish: time.Second},
-			Triggers: []durable.Trigger{{Cron: "@hourly"}}}, noop)},
-			[]string{"Concurrency: not supported yet", "Idempotency: not supported yet", "CancelOn: not supported yet",
-				"Timeouts.Finish: not supported yet", "Triggers[0].Cron: not supported yet"}},
+			Concurrency: []durable.Concurrency{{Limit: 1}}}, noop)},
+			[]string{"Concurrency: not supported yet"}},
+		{"bad cancel", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f",
+			CancelOn: []durable.CancelOn{{Event: "x", If: "async.data.id =="}, {}, {Event: "a"}, {Event: "a"}, {Event: "a"}, {Event: "a"}}}, noop)},
+			[]string{"6 CancelOn entries, at most 5", "CancelOn[0].If", "CancelOn[1].Event is required"}},
+		{"bad idempotency", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f", Idempotency: "event.data.("}, noop)},
+			[]string{`function "f": Idempotency`, "1:12"}},
 		{"negative retries", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f", Retries: durable.Ptr(-1)}, noop)},
 			[]string{"Retries must not be negative"}},
 	}
@@ -175,6 +177,6 @@ func TestNewClientValidation(t *testing.T) {
 	require.NoError(t, err)
 	var nsErr error
 	_, nsErr = durable.NewClient(b.pool, &durable.Config{Schema: b.schema, Functions: []durable.Function{
-		durable.NewFunction(durable.FunctionOpts{ID: "f", Idempotency: "x"}, noop)}})
+		durable.NewFunction(durable.FunctionOpts{ID: "f", Concurrency: []durable.Concurrency{{Limit: 2}}}, noop)}})
 	require.ErrorIs(t, nsErr, durable.ErrNotSupported)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 )
 
 // Run is one execution of one function for one trigger.
@@ -22,6 +23,8 @@ type Run struct {
 	CreatedAt  time.Time
 	StartedAt  *time.Time
 	EndedAt    *time.Time
+	// ParentRunID is the run whose "invoke" step started this one, if any.
+	ParentRunID string
 }
 
 // RunStatus is the state of a run.
@@ -45,10 +48,12 @@ func (s RunStatus) Done() bool {
 type RunStep struct {
 	ID       string // with its counter suffix, e.g. "fetch-data:1"
 	Kind     string // "step", "sleep", "wait", "invoke", "send"
-	Status   string // "completed", "failed", "retrying", "sleeping", "waiting"
+	Status   string // "completed", "failed", "retrying", "sleeping", "waiting", "timed_out"
 	Attempts int
 	Output   json.RawMessage
 	Error    string
+	// ChildRunID is the run an "invoke" step started.
+	ChildRunID string
 }
 
 // GetRun returns a run with its steps, or an error wrapping
@@ -67,7 +72,7 @@ func (c *Client) GetRun(ctx context.Context, runID string) (*Run, error) {
 	}
 	var s RunStep
 	var out []byte
-	_, err = pgx.ForEachRow(rows, []any{&s.ID, &s.Kind, &s.Status, &s.Attempts, &out, &s.Error}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&s.ID, &s.Kind, &s.Status, &s.Attempts, &out, &s.Error, &s.ChildRunID}, func() error {
 		step := s
 		if out != nil {
 			step.Output = json.RawMessage(append([]byte(nil), out...))
@@ -142,13 +147,20 @@ func (c *Client) Cancel(ctx context.Context, runID string) error {
 		if err != nil {
 			return fmt.Errorf("durable: Cancel: %w", err)
 		}
-		if jobID != nil {
-			if _, err := c.river.JobCancelTx(ctx, tx, *jobID); err != nil && !errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("durable: Cancel: cancelling job: %w", err)
-			}
-		}
-		return nil
+		return c.cancelJob(ctx, tx, jobID)
 	})
+}
+
+// cancelJob cancels a cancelled run's River job: at once when it waits in
+// the queue; a running one has its context cancelled.
+func (c *Client) cancelJob(ctx context.Context, tx pgx.Tx, jobID *int64) error {
+	if jobID == nil {
+		return nil
+	}
+	if _, err := c.river.JobCancelTx(ctx, tx, *jobID); err != nil && !errors.Is(err, pgx.ErrNoRows) && !errors.Is(err, river.ErrNotFound) {
+		return fmt.Errorf("durable: cancelling job %d: %w", *jobID, err)
+	}
+	return nil
 }
 
 // cancelRun cancels a live run in tx (emitting durable/function.cancelled
@@ -171,7 +183,7 @@ func scanRun(row pgx.Row) (*Run, error) {
 	r := &Run{}
 	var status string
 	var out []byte
-	if err := row.Scan(&r.ID, &r.FunctionID, &status, &r.EventIDs, &out, &r.Error, &r.CreatedAt, &r.StartedAt, &r.EndedAt); err != nil {
+	if err := row.Scan(&r.ID, &r.FunctionID, &status, &r.EventIDs, &out, &r.Error, &r.CreatedAt, &r.StartedAt, &r.EndedAt, &r.ParentRunID); err != nil {
 		return nil, err
 	}
 	r.Status = RunStatus(status)

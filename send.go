@@ -3,7 +3,9 @@ package durable
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
@@ -80,6 +82,11 @@ func (c *Client) sendPrepared(ctx context.Context, tx pgx.Tx, events []eventJSON
 	for i, e := range uniq {
 		idsArr[i], names[i], datas[i], tss[i] = e.ID, e.Name, e.Data, e.TS
 	}
+	// Waits that are being registered for these names see these events
+	// or are seen by them (see registerWait).
+	if _, err := tx.Exec(ctx, c.q.get("LockEventNameShared"), c.schema, names); err != nil {
+		return nil, fmt.Errorf("durable: storing events: %w", err)
+	}
 	rows, err := tx.Query(ctx, c.q.get("InsertEvents"), idsArr, names, datas, tss)
 	if err != nil {
 		return nil, fmt.Errorf("durable: storing events: %w", err)
@@ -117,15 +124,19 @@ func (c *Client) fanOut(ctx context.Context, tx pgx.Tx, events []eventJSON) erro
 			nameList = append(nameList, e.Name)
 		}
 	}
-	type trig struct{ fn, ifExpr string }
+	type trig struct {
+		fn, ifExpr string
+		cfg        funcConfig
+	}
 	byName := map[string][]trig{}
 	rows, err := tx.Query(ctx, c.q.get("MatchTriggers"), nameList)
 	if err != nil {
 		return fmt.Errorf("durable: matching triggers: %w", err)
 	}
 	var fn, name, ifExpr string
-	_, err = pgx.ForEachRow(rows, []any{&fn, &name, &ifExpr}, func() error {
-		byName[name] = append(byName[name], trig{fn, ifExpr})
+	var cfg []byte
+	_, err = pgx.ForEachRow(rows, []any{&fn, &name, &ifExpr, &cfg}, func() error {
+		byName[name] = append(byName[name], trig{fn, ifExpr, decodeConfig(cfg)})
 		return nil
 	})
 	if err != nil {
@@ -154,11 +165,13 @@ func (c *Client) fanOut(ctx context.Context, tx pgx.Tx, events []eventJSON) erro
 				}
 			}
 			started[t.fn] = true
-			newRuns = append(newRuns, pendingRun{functionID: t.fn, events: []eventJSON{e}})
+			newRuns = append(newRuns, pendingRun{functionID: t.fn, cfg: t.cfg, events: []eventJSON{e}})
 		}
 	}
-	_, err = c.insertRuns(ctx, tx, newRuns)
-	return err
+	if _, err := c.insertRuns(ctx, tx, newRuns); err != nil {
+		return err
+	}
+	return c.deliver(ctx, tx, events)
 }
 
 func (c *Client) evalFilter(src string, event map[string]any) (bool, error) {
@@ -170,8 +183,11 @@ func (c *Client) evalFilter(src string, event map[string]any) (bool, error) {
 }
 
 type pendingRun struct {
-	functionID string
-	events     []eventJSON
+	functionID  string
+	cfg         funcConfig
+	events      []eventJSON
+	parentRunID string // for runs started by an "invoke" step
+	parentStep  string
 }
 
 // runJobMaxAttempts is the River attempt limit of run jobs: River's own
@@ -179,40 +195,176 @@ type pendingRun struct {
 // counted by the library), so the limit is only a backstop.
 const runJobMaxAttempts = 1000
 
-// insertRuns creates runs and their River jobs in tx and returns the run
-// IDs.
+// insertRuns creates runs, their River jobs and their cancellation
+// listeners in tx, and returns the run IDs in order ("" for a run not
+// created because its idempotency key was taken).
 func (c *Client) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) ([]string, error) {
 	if len(runs) == 0 {
 		return nil, nil
 	}
 	runIDs := make([]string, len(runs))
-	params := make([]river.InsertManyParams, len(runs))
 	for i := range runs {
 		runIDs[i] = ids.New()
-		params[i] = river.InsertManyParams{
+	}
+	if err := c.claimIdempotency(ctx, tx, runs, runIDs); err != nil {
+		return nil, err
+	}
+	var params []river.InsertManyParams
+	var keep []int
+	for i := range runs {
+		if runIDs[i] == "" {
+			continue
+		}
+		keep = append(keep, i)
+		params = append(params, river.InsertManyParams{
 			Args:       riverjobs.RunArgs{RunID: runIDs[i]},
 			InsertOpts: &river.InsertOpts{Queue: c.cfg.Queue, MaxAttempts: runJobMaxAttempts},
-		}
+		})
+	}
+	if len(keep) == 0 {
+		return runIDs, nil
 	}
 	res, err := c.river.InsertManyTx(ctx, tx, params)
 	if err != nil {
 		return nil, fmt.Errorf("durable: inserting run jobs: %w", err)
 	}
-	fns := make([]string, len(runs))
-	eventIDs := make([]string, len(runs))
-	evs := make([]json.RawMessage, len(runs))
-	jobIDs := make([]int64, len(runs))
-	for i, r := range runs {
+	n := len(keep)
+	rIDs, fns, eventIDs, parents, parentSteps := make([]string, n), make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)
+	evs := make([]json.RawMessage, n)
+	jobIDs := make([]int64, n)
+	starts, finishes := make([]*string, n), make([]*string, n)
+	var w waitRows
+	for j, i := range keep {
+		r := runs[i]
 		b, err := json.Marshal(r.events)
 		if err != nil {
 			return nil, err
 		}
-		fns[i], eventIDs[i], evs[i], jobIDs[i] = r.functionID, r.events[0].ID, b, res[i].Job.ID
+		rIDs[j], fns[j], eventIDs[j], evs[j], jobIDs[j] = runIDs[i], r.functionID, r.events[0].ID, b, res[j].Job.ID
+		if r.parentRunID != "" {
+			parents[j], parentSteps[j] = &r.parentRunID, &r.parentStep
+		}
+		starts[j], finishes[j] = interval(r.cfg.StartMS), interval(r.cfg.FinishMS)
+		for _, co := range r.cfg.CancelOn {
+			var exp *time.Time
+			if co.TimeoutMS > 0 {
+				t := time.Now().Add(time.Duration(co.TimeoutMS) * time.Millisecond)
+				exp = &t
+			}
+			w.add(c, runIDs[i], "cancel", nil, co.Event, co.If, r.events[0], exp)
+		}
 	}
-	if _, err := tx.Exec(ctx, c.q.get("InsertRuns"), runIDs, fns, eventIDs, evs, jobIDs); err != nil {
+	if _, err := tx.Exec(ctx, c.q.get("InsertRuns"), rIDs, fns, eventIDs, evs, jobIDs, parents, parentSteps, starts, finishes); err != nil {
 		return nil, fmt.Errorf("durable: inserting runs: %w", err)
 	}
+	if err := w.insert(ctx, c, tx); err != nil {
+		return nil, err
+	}
 	return runIDs, nil
+}
+
+// claimIdempotency blanks the IDs of runs whose function's idempotency key
+// is already held (by an earlier run, or an earlier run of this batch).
+func (c *Client) claimIdempotency(ctx context.Context, tx pgx.Tx, runs []pendingRun, runIDs []string) error {
+	var fns, keys, ridsArr []string
+	var exps []time.Time
+	seen := map[[2]string]bool{}
+	claimed := map[string]bool{}
+	for i, r := range runs {
+		if r.cfg.Idempotency == "" {
+			continue
+		}
+		key, err := c.evalKey(r.cfg.Idempotency, r.events[0].asMap())
+		if err != nil {
+			c.logger.WarnContext(ctx, "durable: idempotency key failed to evaluate; starting the run without one",
+				"function_id", r.functionID, "idempotency", r.cfg.Idempotency, "error", err)
+			continue
+		}
+		claimed[runIDs[i]] = false
+		if seen[[2]string{r.functionID, key}] {
+			continue
+		}
+		seen[[2]string{r.functionID, key}] = true
+		fns, keys, ridsArr = append(fns, r.functionID), append(keys, key), append(ridsArr, runIDs[i])
+		exps = append(exps, time.Now().Add(24*time.Hour))
+	}
+	if len(fns) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, c.q.get("ClaimIdempotencyKeys"), fns, keys, ridsArr, exps)
+	if err != nil {
+		return fmt.Errorf("durable: idempotency keys: %w", err)
+	}
+	won, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("durable: idempotency keys: %w", err)
+	}
+	for _, id := range won {
+		claimed[id] = true
+	}
+	for i, id := range runIDs {
+		if ok, has := claimed[id]; has && !ok {
+			runIDs[i] = ""
+		}
+	}
+	return nil
+}
+
+func (c *Client) evalKey(src string, event map[string]any) (string, error) {
+	p, err := c.exprs.Compile(src, expr.EventOnly)
+	if err != nil {
+		return "", err
+	}
+	return p.String(event, nil)
+}
+
+// waitRows collects durable_wait rows (waits and cancellation listeners)
+// for one insert.
+type waitRows struct {
+	runIDs, kinds, names, ifs []string
+	steps, paths, values      []*string
+	runEvents                 []json.RawMessage
+	expires                   []*time.Time
+}
+
+func (w *waitRows) add(c *Client, runID, kind string, step *string, name, ifExpr string, runEvent eventJSON, expires *time.Time) {
+	ev, _ := json.Marshal(runEvent)
+	path, value := c.indexKey(ifExpr, runEvent)
+	w.runIDs, w.kinds, w.steps, w.names, w.ifs = append(w.runIDs, runID), append(w.kinds, kind), append(w.steps, step), append(w.names, name), append(w.ifs, ifExpr)
+	w.paths, w.values, w.runEvents, w.expires = append(w.paths, path), append(w.values, value), append(w.runEvents, ev), append(w.expires, expires)
+}
+
+func (w *waitRows) insert(ctx context.Context, c *Client, tx pgx.Tx) error {
+	if len(w.runIDs) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, c.q.get("InsertWaits"), w.runIDs, w.kinds, w.steps, w.names, w.paths, w.values, w.ifs, w.runEvents, w.expires)
+	if err != nil {
+		return fmt.Errorf("durable: inserting waits: %w", err)
+	}
+	return nil
+}
+
+// indexKey returns the indexable equality of a wait condition, with the
+// run's event substituted, or nils when it has none (the wait is then
+// found by event name alone).
+func (c *Client) indexKey(ifExpr string, runEvent eventJSON) (*string, *string) {
+	if ifExpr == "" {
+		return nil, nil
+	}
+	p, err := c.exprs.Compile(ifExpr, expr.EventAndAsync)
+	if err != nil {
+		return nil, nil
+	}
+	eq, ok := p.AsyncEquality()
+	if !ok {
+		return nil, nil
+	}
+	key, ok, err := eq.Value.Key(runEvent.asMap(), nil)
+	if err != nil || !ok {
+		return nil, nil
+	}
+	return &eq.Path, &key
 }
 
 // Invoke starts a run of a function directly and returns its run ID. data
@@ -220,14 +372,9 @@ func (c *Client) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) (
 // "durable/function.invoked"). The function may live in another process; an
 // ID no process has registered is an error wrapping [ErrFunctionNotFound].
 func (c *Client) Invoke(ctx context.Context, functionID string, data any) (string, error) {
-	if _, ok := c.funcs[functionID]; !ok {
-		var exists bool
-		if err := c.pool.QueryRow(ctx, c.q.get("FunctionExists"), functionID).Scan(&exists); err != nil {
-			return "", fmt.Errorf("durable: Invoke: %w", err)
-		}
-		if !exists {
-			return "", fmt.Errorf("durable: Invoke %q: %w", functionID, ErrFunctionNotFound)
-		}
+	cfg, err := c.functionConfig(ctx, c.pool, functionID)
+	if err != nil {
+		return "", fmt.Errorf("durable: Invoke %q: %w", functionID, err)
 	}
 	ev, err := prepareEvent(Event{Name: EventFunctionInvoked, Data: data}, 0, c.cfg.MaxEventSize)
 	if err != nil {
@@ -235,12 +382,33 @@ func (c *Client) Invoke(ctx context.Context, functionID string, data any) (strin
 	}
 	var runID string
 	err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, events: []eventJSON{ev}}})
+		ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []eventJSON{ev}}})
 		if err != nil {
 			return err
 		}
 		runID = ids[0]
+		if runID == "" {
+			return fmt.Errorf("durable: Invoke %q: a run with the same idempotency key exists", functionID)
+		}
 		return nil
 	})
 	return runID, err
+}
+
+// functionConfig returns a function's stored settings, or an error
+// wrapping ErrFunctionNotFound when no process has registered it. A
+// function of this client is known even before Start.
+func (c *Client) functionConfig(ctx context.Context, db execer, functionID string) (funcConfig, error) {
+	if d, ok := c.funcs[functionID]; ok {
+		return d.config(), nil
+	}
+	var raw []byte
+	err := db.QueryRow(ctx, c.q.get("FunctionConfig"), functionID).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return funcConfig{}, ErrFunctionNotFound
+	}
+	if err != nil {
+		return funcConfig{}, err
+	}
+	return decodeConfig(raw), nil
 }

@@ -65,16 +65,29 @@ func (c *Client) checkFunction(d *funcDef) error {
 		errs = append(errs, fmt.Errorf("durable: %s: Concurrency: %w", where, ErrNotSupported))
 	}
 	if o.Idempotency != "" {
-		errs = append(errs, fmt.Errorf("durable: %s: Idempotency: %w", where, ErrNotSupported))
+		if _, err := c.exprs.Compile(o.Idempotency, expr.EventOnly); err != nil {
+			errs = append(errs, fmt.Errorf("durable: %s: Idempotency: %w", where, err))
+		}
 	}
-	if len(o.CancelOn) > 0 {
-		errs = append(errs, fmt.Errorf("durable: %s: CancelOn: %w", where, ErrNotSupported))
+	if len(o.CancelOn) > maxCancelOn {
+		errs = append(errs, fmt.Errorf("durable: %s: %d CancelOn entries, at most %d are allowed", where, len(o.CancelOn), maxCancelOn))
 	}
-	if o.Timeouts.Start != 0 {
-		errs = append(errs, fmt.Errorf("durable: %s: Timeouts.Start: %w", where, ErrNotSupported))
+	for i, co := range o.CancelOn {
+		field := fmt.Sprintf("CancelOn[%d]", i)
+		if co.Event == "" {
+			errs = append(errs, fmt.Errorf("durable: %s: %s.Event is required", where, field))
+		}
+		if co.Timeout < 0 {
+			errs = append(errs, fmt.Errorf("durable: %s: %s.Timeout must not be negative", where, field))
+		}
+		if co.If != "" {
+			if err := c.checkFilter(co.If, expr.EventAndAsync); err != nil {
+				errs = append(errs, fmt.Errorf("durable: %s: %s.If: %w", where, field, err))
+			}
+		}
 	}
-	if o.Timeouts.Finish != 0 {
-		errs = append(errs, fmt.Errorf("durable: %s: Timeouts.Finish: %w", where, ErrNotSupported))
+	if o.Timeouts.Start < 0 || o.Timeouts.Finish < 0 {
+		errs = append(errs, fmt.Errorf("durable: %s: Timeouts must not be negative", where))
 	}
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package durable
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"time"
@@ -17,6 +18,7 @@ func (c *Client) startUpkeep(ctx context.Context) {
 	every := c.cfg.RecoverAfter / 5
 	c.loop(ctx, every, "heartbeat", c.heartbeat)
 	c.loop(ctx, every, "recovery", c.rescue)
+	c.loop(ctx, time.Second, "timeouts", c.expireRuns)
 	c.bgDone.Add(2)
 	go func() {
 		defer c.bgDone.Done()
@@ -160,6 +162,40 @@ func (c *Client) rescue(ctx context.Context) error {
 		_, err = c.pool.Exec(ctx, c.q.get("PruneWorkers"))
 	}
 	return err
+}
+
+// expireRuns cancels runs past their Timeouts.Start or Timeouts.Finish.
+func (c *Client) expireRuns(ctx context.Context) error {
+	rows, err := c.pool.Query(ctx, c.q.get("ExpiredRuns"))
+	if err != nil {
+		return err
+	}
+	type expired struct{ id, which string }
+	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (expired, error) {
+		var e expired
+		err := row.Scan(&e.id, &e.which)
+		return e, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		reason := "timed out: not started within Timeouts.Start"
+		if r.which == "finish" {
+			reason = "timed out: not finished within Timeouts.Finish"
+		}
+		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+			jobID, err := c.cancelRun(ctx, tx, r.id, reason)
+			if err != nil {
+				return err
+			}
+			return c.cancelJob(ctx, tx, jobID)
+		})
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+	}
+	return nil
 }
 
 // kickWaker tells the waker that a job of this process is due at t.

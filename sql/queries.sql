@@ -2,9 +2,9 @@
 -- is replaced by the quoted schema name when the client is built.
 
 -- name: UpsertFunction
-INSERT INTO {{schema}}.durable_function (id, name, retries, updated_at)
-VALUES ($1, $2, $3, now())
-ON CONFLICT (id) DO UPDATE SET name = excluded.name, retries = excluded.retries, updated_at = now();
+INSERT INTO {{schema}}.durable_function (id, name, retries, config, updated_at)
+VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, retries = excluded.retries, config = excluded.config, updated_at = now();
 
 -- name: DeleteTriggers
 DELETE FROM {{schema}}.durable_function_trigger WHERE function_id = $1;
@@ -14,8 +14,8 @@ INSERT INTO {{schema}}.durable_function_trigger (function_id, idx, event_name, i
 SELECT $1, t.idx, nullif(t.event_name, ''), t.if_expr, t.cron
 FROM unnest($2::int[], $3::text[], $4::text[], $5::text[]) AS t(idx, event_name, if_expr, cron);
 
--- name: FunctionExists
-SELECT EXISTS (SELECT 1 FROM {{schema}}.durable_function WHERE id = $1);
+-- name: FunctionConfig
+SELECT config FROM {{schema}}.durable_function WHERE id = $1;
 
 -- name: InsertEvents
 -- An event ID seen in the last 24 hours is a duplicate: the conflict makes
@@ -28,18 +28,37 @@ ON CONFLICT (id) DO UPDATE
 RETURNING id;
 
 -- name: MatchTriggers
-SELECT function_id, event_name, if_expr
-FROM {{schema}}.durable_function_trigger
-WHERE event_name = ANY($1::text[])
-ORDER BY function_id, idx;
+SELECT t.function_id, t.event_name, t.if_expr, f.config
+FROM {{schema}}.durable_function_trigger t
+JOIN {{schema}}.durable_function f ON f.id = t.function_id
+WHERE t.event_name = ANY($1::text[])
+ORDER BY t.function_id, t.idx;
+
+-- name: ClaimIdempotencyKeys
+-- One run per function per key per 24 hours: a key held by a run created
+-- less than 24 hours ago makes the conflict invisible to RETURNING.
+INSERT INTO {{schema}}.durable_idempotency (function_id, key, run_id, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+ON CONFLICT (function_id, key) DO UPDATE
+    SET run_id = excluded.run_id, expires_at = excluded.expires_at
+    WHERE durable_idempotency.expires_at < now()
+RETURNING run_id;
+
+-- name: InsertWaits
+INSERT INTO {{schema}}.durable_wait (run_id, kind, step_key, event_name, match_path, match_value, if_expr, run_event, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[]);
 
 -- name: InsertRuns
-INSERT INTO {{schema}}.durable_run (id, function_id, status, event_id, event_ids, events, job_id)
-SELECT r.id, r.function_id, 'queued', r.event_id, ARRAY[r.event_id], r.events, r.job_id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[]) AS r(id, function_id, event_id, events, job_id);
+INSERT INTO {{schema}}.durable_run (id, function_id, status, event_id, event_ids, events, job_id,
+    parent_run_id, parent_step, start_deadline, finish_timeout)
+SELECT r.id, r.function_id, 'queued', r.event_id, ARRAY[r.event_id], r.events, r.job_id,
+    r.parent_run_id, r.parent_step, now() + r.start_timeout, r.finish_timeout
+FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::text[], $7::text[], $8::interval[], $9::interval[])
+    AS r(id, function_id, event_id, events, job_id, parent_run_id, parent_step, start_timeout, finish_timeout);
 
 -- name: LoadRun
-SELECT r.function_id, r.status, r.events, r.owner, r.fn_attempts, r.wake_at, r.error,
+SELECT r.function_id, r.status, r.events, r.owner, r.fn_attempts, r.wake_at, r.error, now(),
+    r.start_deadline < now() AS start_expired, r.finish_deadline < now() AS finish_expired,
     coalesce(w.heartbeat_at > now() - make_interval(secs => $2::float8), false) AS owner_alive,
     coalesce((
         SELECT json_agg(json_build_object(
@@ -66,18 +85,20 @@ WITH r AS (
         wake_at     = $8,
         job_id      = coalesce($22, job_id),
         started_at  = coalesce(started_at, now()),
+        finish_deadline = coalesce(finish_deadline, now() + finish_timeout),
         ended_at    = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN now() END,
         updated_at  = now()
     WHERE id = $1 AND owner IS NOT DISTINCT FROM $3 AND status IN ('queued', 'running')
     RETURNING id
 ), s AS (
-    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at)
-    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at
-    FROM r, unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::int[], $14::jsonb[], $15::text[], $16::timestamptz[])
-        AS u(key, seq, kind, status, attempts, output, error, wake_at)
+    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
+    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child
+    FROM r, unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::int[], $14::jsonb[], $15::text[], $16::timestamptz[], $23::text[])
+        AS u(key, seq, kind, status, attempts, output, error, wake_at, child)
     ON CONFLICT (run_id, key) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-        error = excluded.error, wake_at = excluded.wake_at, updated_at = now()
+        error = excluded.error, wake_at = excluded.wake_at, child_run_id = coalesce(excluded.child_run_id, st.child_run_id),
+        updated_at = now()
     RETURNING 1
 ), j AS (
     UPDATE {{schema}}.river_job SET
@@ -95,6 +116,64 @@ WITH r AS (
 )
 SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s), (SELECT count(*) FROM j), (SELECT count(*) FROM n),
     (SELECT coalesce(sum(events), 0) FROM e);
+
+-- name: EventsSince
+SELECT id, name, data, ts FROM {{schema}}.durable_event
+WHERE name = $1 AND received_at >= $2
+ORDER BY received_at, id
+LIMIT 1000;
+
+-- name: LockEventName
+SELECT pg_advisory_xact_lock(hashtext($1 || ':' || n)) FROM unnest($2::text[]) AS n ORDER BY n;
+
+-- name: LockEventNameShared
+SELECT pg_advisory_xact_lock_shared(hashtext($1 || ':' || n)) FROM unnest($2::text[]) AS n ORDER BY n;
+
+-- name: ClaimTimeout
+-- A waiting step whose timeout passed ends as timed out, unless an event
+-- or a child's result was delivered first (then nothing changes).
+WITH w AS (
+    DELETE FROM {{schema}}.durable_wait WHERE run_id = $1 AND step_key = $2 AND kind = 'wait'
+)
+UPDATE {{schema}}.durable_step SET status = 'timed_out', error = $3, wake_at = NULL, updated_at = now()
+WHERE run_id = $1 AND key = $2 AND status = 'waiting'
+RETURNING 1;
+
+-- name: GetStep
+SELECT status, output, error, attempts FROM {{schema}}.durable_step WHERE run_id = $1 AND key = $2;
+
+-- name: MatchWaits
+-- Candidate waits and cancellation listeners of an event: by index when
+-- they store an equality key, else by name; the caller evaluates each
+-- condition fully.
+SELECT w.id, w.run_id, w.kind, w.step_key, w.if_expr, w.run_event
+FROM {{schema}}.durable_wait w
+JOIN unnest($2::text[], $3::text[]) AS k(path, value) ON w.match_path = k.path AND w.match_value = k.value
+WHERE w.event_name = $1 AND (w.expires_at IS NULL OR w.expires_at > now())
+UNION ALL
+SELECT w.id, w.run_id, w.kind, w.step_key, w.if_expr, w.run_event
+FROM {{schema}}.durable_wait w
+WHERE w.event_name = $1 AND w.match_path IS NULL AND (w.expires_at IS NULL OR w.expires_at > now());
+
+-- name: TakeWait
+DELETE FROM {{schema}}.durable_wait WHERE id = $1 RETURNING run_id, step_key;
+
+-- name: Deliver
+SELECT {{schema}}.durable_deliver($1, $2, $3, $4, $5, $6);
+
+-- name: ExpiredRuns
+SELECT id, CASE WHEN status = 'queued' AND start_deadline < now() THEN 'start' ELSE 'finish' END
+FROM {{schema}}.durable_run
+WHERE (status = 'queued' AND start_deadline < now())
+   OR (status IN ('queued', 'running') AND finish_deadline < now())
+LIMIT 100;
+
+-- name: CancelCandidates
+SELECT id, events -> 0 FROM {{schema}}.durable_run
+WHERE function_id = $1 AND status IN ('queued', 'running')
+  AND ($2::timestamptz IS NULL OR created_at > $2)
+  AND ($3::timestamptz IS NULL OR created_at < $3)
+ORDER BY created_at;
 
 -- name: RunStatus
 SELECT status, owner FROM {{schema}}.durable_run WHERE id = $1;
@@ -122,15 +201,17 @@ UPDATE {{schema}}.durable_event SET routed = true WHERE id = ANY($1::text[]);
 SELECT EXISTS (SELECT 1 FROM {{schema}}.durable_run WHERE id = $1);
 
 -- name: GetRun
-SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at
+SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
+    coalesce(parent_run_id, '')
 FROM {{schema}}.durable_run WHERE id = $1;
 
 -- name: GetSteps
-SELECT key, kind, status, attempts, output, coalesce(error, '')
+SELECT key, kind, status, attempts, output, coalesce(error, ''), coalesce(child_run_id, '')
 FROM {{schema}}.durable_step WHERE run_id = $1 ORDER BY seq;
 
 -- name: RunsForEvent
-SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at
+SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
+    coalesce(parent_run_id, '')
 FROM {{schema}}.durable_run WHERE event_id = $1 ORDER BY created_at, id;
 
 -- name: Heartbeat

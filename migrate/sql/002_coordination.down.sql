@@ -1,4 +1,7 @@
+DROP INDEX IF EXISTS {{schema}}.durable_event_name_received_idx;
+ALTER TABLE IF EXISTS {{schema}}.durable_step DROP COLUMN IF EXISTS child_run_id;
 DROP FUNCTION IF EXISTS {{schema}}.durable_end_run(text, text, jsonb, text, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_deliver(text, text, text, jsonb, text, text);
 DROP INDEX IF EXISTS {{schema}}.durable_event_unrouted_idx;
 ALTER TABLE IF EXISTS {{schema}}.durable_event DROP COLUMN IF EXISTS routed;
 ALTER TABLE IF EXISTS {{schema}}.durable_function DROP COLUMN IF EXISTS config;

@@ -63,6 +63,40 @@ ALTER TABLE {{schema}}.durable_function ADD COLUMN config jsonb NOT NULL DEFAULT
 ALTER TABLE {{schema}}.durable_event ADD COLUMN routed boolean NOT NULL DEFAULT true;
 CREATE INDEX durable_event_unrouted_idx ON {{schema}}.durable_event (received_at) WHERE NOT routed;
 
+-- durable_deliver completes a waiting step (a wait's event, an invoked
+-- child's result) and wakes its run: the step must still be waiting (a
+-- timeout claimed first wins), and the run's job, scheduled for the
+-- timeout, is made available at once and the producers told. Returns
+-- whether the step was delivered.
+CREATE FUNCTION {{schema}}.durable_deliver(p_run_id text, p_step text, p_status text, p_output jsonb, p_error text, p_channel text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    job bigint;
+    q text;
+BEGIN
+    -- Lock the run first: the order every writer of a run follows.
+    PERFORM 1 FROM {{schema}}.durable_run WHERE id = p_run_id FOR UPDATE;
+    UPDATE {{schema}}.durable_step SET
+        status = p_status, output = p_output, error = p_error, wake_at = NULL, updated_at = now()
+    WHERE run_id = p_run_id AND key = p_step AND status = 'waiting';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE {{schema}}.durable_run SET wake_at = NULL, updated_at = now()
+    WHERE id = p_run_id AND status IN ('queued', 'running')
+    RETURNING job_id INTO job;
+    IF job IS NOT NULL THEN
+        UPDATE {{schema}}.river_job SET state = 'available', scheduled_at = now()
+        WHERE id = job AND state IN ('scheduled', 'retryable', 'available')
+        RETURNING queue INTO q;
+        IF q IS NOT NULL THEN
+            PERFORM pg_notify(p_channel, json_build_object('queue', q)::text);
+        END IF;
+    END IF;
+    RETURN true;
+END;
+$$;
+
 -- durable_end_run does what every end of a run entails, in the transaction
 -- that ends it: it emits the system events (exactly once: their IDs derive
 -- from the run's), hands a child's result to its waiting parent, and drops
@@ -73,10 +107,7 @@ RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     data jsonb;
-    n integer := 0;
-    cnt integer;
-    parent_job bigint;
-    parent_queue text;
+    n integer;
 BEGIN
     SELECT function_id, events, parent_run_id, parent_step INTO r
     FROM {{schema}}.durable_run WHERE id = p_run_id;
@@ -96,30 +127,15 @@ BEGIN
         WHEN 'failed' THEN ARRAY['failed', 'finished']
         ELSE ARRAY['cancelled'] END) AS e(suffix)
     ON CONFLICT (id) DO NOTHING;
-    GET DIAGNOSTICS cnt = ROW_COUNT;
-    n := n + cnt;
+    GET DIAGNOSTICS n = ROW_COUNT;
 
     IF r.parent_run_id IS NOT NULL THEN
-        UPDATE {{schema}}.durable_step SET
-            status = CASE WHEN p_status = 'completed' THEN 'completed' ELSE 'failed' END,
-            output = CASE WHEN p_status = 'completed' THEN coalesce(p_output, 'null'::jsonb) END,
-            error = CASE WHEN p_status = 'completed' THEN NULL
-                ELSE 'invoked run ' || p_run_id || ' ' || p_status || coalesce(': ' || p_error, '') END,
-            wake_at = NULL,
-            updated_at = now()
-        WHERE run_id = r.parent_run_id AND key = r.parent_step AND status = 'waiting';
-        IF FOUND THEN
-            UPDATE {{schema}}.durable_run SET wake_at = NULL, updated_at = now()
-            WHERE id = r.parent_run_id AND status IN ('queued', 'running')
-            RETURNING job_id INTO parent_job;
-            IF parent_job IS NOT NULL THEN
-                UPDATE {{schema}}.river_job SET state = 'available', scheduled_at = now()
-                WHERE id = parent_job AND state IN ('scheduled', 'retryable', 'available')
-                RETURNING queue INTO parent_queue;
-                IF parent_queue IS NOT NULL THEN
-                    PERFORM pg_notify(p_channel, json_build_object('queue', parent_queue)::text);
-                END IF;
-            END IF;
+        IF p_status = 'completed' THEN
+            PERFORM {{schema}}.durable_deliver(r.parent_run_id, r.parent_step, 'completed',
+                coalesce(p_output, 'null'::jsonb), NULL, p_channel);
+        ELSE
+            PERFORM {{schema}}.durable_deliver(r.parent_run_id, r.parent_step, 'failed', NULL,
+                'invoked run ' || p_run_id || ' ' || p_status || coalesce(': ' || p_error, ''), p_channel);
         END IF;
     END IF;
 
@@ -127,3 +143,9 @@ BEGIN
     RETURN n;
 END;
 $$;
+
+-- The child run an "invoke" step waits for.
+ALTER TABLE {{schema}}.durable_step ADD COLUMN child_run_id text;
+
+-- A wait looks for matching events received since it began.
+CREATE INDEX durable_event_name_received_idx ON {{schema}}.durable_event (name, received_at);
