@@ -59,7 +59,7 @@ func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEv
 			return zero, NonRetriable(fmt.Errorf("durable: WaitForEvent %q: WaitOpts.If: %w", key, err))
 		}
 	}
-	raw, err := rs.waitingStep(ctx, key, "wait", func(row *stepRow) suspendHook {
+	raw, err := rs.waitingStep(ctx, key, "wait", nil, func(row *stepRow) suspendHook {
 		began := rs.dbTime()
 		wake := *row.WakeAt
 		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
@@ -96,7 +96,16 @@ func Invoke[T any](ctx context.Context, id string, opts InvokeOpts) (T, error) {
 	if timeout <= 0 {
 		timeout = noTimeout
 	}
-	raw, err := rs.waitingStep(ctx, key, "invoke", func(row *stepRow) suspendHook {
+	check := func() error {
+		if opts.Function == "" {
+			return NonRetriable(fmt.Errorf("durable: Invoke %q: InvokeOpts.Function is required", key))
+		}
+		if _, err := rs.c.functionConfig(ctx, rs.c.pool, opts.Function); err != nil {
+			return fmt.Errorf("durable: Invoke %q of %q: %w", key, opts.Function, err)
+		}
+		return nil
+	}
+	raw, err := rs.waitingStep(ctx, key, "invoke", check, func(row *stepRow) suspendHook {
 		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
 			return false, rs.startChild(ctx, tx, row, opts)
 		}
@@ -111,7 +120,7 @@ func Invoke[T any](ctx context.Context, id string, opts InvokeOpts) (T, error) {
 // from outside (an event, a child's result): first time, it records the
 // step as waiting until the timeout and suspends the run, doing the
 // step's own work (hook) in the suspending transaction.
-func (rs *runState) waitingStep(ctx context.Context, key, kind string, hook func(*stepRow) suspendHook, timeout time.Duration) (json.RawMessage, error) {
+func (rs *runState) waitingStep(ctx context.Context, key, kind string, check func() error, hook func(*stepRow) suspendHook, timeout time.Duration) (json.RawMessage, error) {
 	rs.mu.Lock()
 	row := rs.lookup(key)
 	rs.mu.Unlock()
@@ -132,6 +141,11 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, hook func
 	}
 	if err := rs.boundary(ctx, key); err != nil {
 		return nil, err
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return nil, err
+		}
 	}
 	wake := time.Now().Add(timeout).UTC()
 	row = &stepRow{Key: key, Seq: rs.newSeq(), Kind: kind, Status: stepWaiting, Attempts: 1, WakeAt: &wake}

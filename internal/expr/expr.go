@@ -96,6 +96,9 @@ func newEnv(vars Vars) (*cel.Env, error) {
 		})),
 		cel.CustomTypeAdapter(adapter),
 		cel.CrossTypeNumericComparisons(true),
+		// Macro call tracking lets AsyncEquality turn a sub-expression
+		// back into source text (see index.go).
+		cel.EnableMacroCallTracking(),
 		cel.Macros(cel.GlobalMacro(operators.Has, 1, expandHas)),
 		cel.Function(hasFunction,
 			cel.Overload("durable_has_dyn_string",
@@ -149,7 +152,13 @@ type Program struct {
 	src       string
 	vars      Vars
 	prg       cel.Program
+	checked   *cel.Ast
 	boolOrDyn bool
+
+	// eqOnce guards the memoized result of AsyncEquality.
+	eqOnce sync.Once
+	eq     Equality
+	eqOK   bool
 }
 
 // Compile parses and type-checks src for the given variable set. Errors
@@ -177,6 +186,7 @@ func Compile(src string, vars Vars) (*Program, error) {
 		src:       src,
 		vars:      vars,
 		prg:       prg,
+		checked:   checked,
 		boolOrDyn: out.IsExactType(types.BoolType) || out.IsExactType(types.DynType),
 	}, nil
 }
