@@ -186,11 +186,17 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 			errs = append(errs, err)
 			continue
 		}
-		if _, dup := c.funcs[d.opts.ID]; dup {
-			errs = append(errs, fmt.Errorf("durable: two functions have the ID %q", d.opts.ID))
-			continue
+		defs := []*funcDef{d}
+		if d.opts.OnFailure != nil {
+			defs = append(defs, failureHandler(d))
 		}
-		c.funcs[d.opts.ID] = d
+		for _, d := range defs {
+			if _, dup := c.funcs[d.opts.ID]; dup {
+				errs = append(errs, fmt.Errorf("durable: two functions have the ID %q", d.opts.ID))
+				continue
+			}
+			c.funcs[d.opts.ID] = d
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

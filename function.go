@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -41,8 +42,45 @@ type FunctionOpts struct {
 	// Not supported yet: NewClient rejects it.
 	CancelOn []CancelOn
 	// Timeouts cancel runs that start or finish too late.
-	// Not supported yet: NewClient rejects it.
 	Timeouts Timeouts
+	// OnFailure, when set, runs once per failed run of this function, after
+	// its retries are exhausted, as a durable function of its own (it may
+	// use steps). Its function ID is this ID + "/on-failure".
+	OnFailure func(ctx context.Context, in Input[FailureData]) error
+}
+
+// FailureData is what an OnFailure handler receives about the failed run.
+type FailureData struct {
+	FunctionID, RunID string
+	Error             string
+	// Event is the failed run's triggering event in its JSON form
+	// {"id", "name", "data", "ts"}.
+	Event json.RawMessage
+}
+
+// failureHandler builds the function that runs d's OnFailure handler.
+func failureHandler(d *funcDef) *funcDef {
+	handler := d.opts.OnFailure
+	type payload struct {
+		FunctionID string          `json:"function_id"`
+		RunID      string          `json:"run_id"`
+		Error      string          `json:"error"`
+		Event      json.RawMessage `json:"event"`
+	}
+	f := NewFunction(FunctionOpts{
+		ID:       d.opts.ID + "/on-failure",
+		Name:     d.opts.Name + " (on failure)",
+		Triggers: []Trigger{{Event: EventFunctionFailed, If: "event.data.function_id == " + strconv.Quote(d.opts.ID)}},
+		Retries:  d.opts.Retries,
+	}, func(ctx context.Context, in Input[payload]) (struct{}, error) {
+		p := in.Event.Data
+		fd := FailureData{FunctionID: p.FunctionID, RunID: p.RunID, Error: p.Error, Event: p.Event}
+		typed := Input[FailureData]{RunID: in.RunID, FunctionID: in.FunctionID, Attempt: in.Attempt,
+			Event: TypedEvent[FailureData]{ID: in.Event.ID, Name: in.Event.Name, Data: fd, Timestamp: in.Event.Timestamp}}
+		typed.Events = []TypedEvent[FailureData]{typed.Event}
+		return struct{}{}, handler(ctx, typed)
+	})
+	return f.def()
 }
 
 // Concurrency limits the runs of a function that execute at once.

@@ -47,7 +47,9 @@ func (c *Client) checkFunction(d *funcDef) error {
 		case t.Event == "" && t.Cron == "":
 			errs = append(errs, fmt.Errorf("durable: %s: %s: one of Event or Cron is required", where, field))
 		case t.Cron != "":
-			errs = append(errs, fmt.Errorf("durable: %s: %s.Cron: %w", where, field, ErrNotSupported))
+			if _, err := parseCron(t.Cron); err != nil {
+				errs = append(errs, fmt.Errorf("durable: %s: %s.Cron: %w", where, field, err))
+			}
 		}
 		if t.If != "" {
 			if t.Cron != "" {

@@ -19,6 +19,13 @@ func (c *Client) startUpkeep(ctx context.Context) {
 	c.loop(ctx, every, "heartbeat", c.heartbeat)
 	c.loop(ctx, every, "recovery", c.rescue)
 	c.loop(ctx, time.Second, "timeouts", c.expireRuns)
+	if jobs := c.cronJobs(); len(jobs) > 0 {
+		c.bgDone.Add(1)
+		go func() {
+			defer c.bgDone.Done()
+			c.cronLoop(ctx, jobs)
+		}()
+	}
 	c.bgDone.Add(2)
 	go func() {
 		defer c.bgDone.Done()

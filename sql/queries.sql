@@ -175,6 +175,13 @@ WHERE function_id = $1 AND status IN ('queued', 'running')
   AND ($3::timestamptz IS NULL OR created_at < $3)
 ORDER BY created_at;
 
+-- name: ClaimCronTick
+INSERT INTO {{schema}}.durable_cron_tick (function_id, tick, run_id) VALUES ($1, $2, '')
+ON CONFLICT DO NOTHING;
+
+-- name: SetCronTickRun
+UPDATE {{schema}}.durable_cron_tick SET run_id = $3 WHERE function_id = $1 AND tick = $2;
+
 -- name: RunStatus
 SELECT status, owner FROM {{schema}}.durable_run WHERE id = $1;
 

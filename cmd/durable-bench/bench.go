@@ -30,7 +30,9 @@ type options struct {
 	LatencySamples   int
 	LatencyPause     time.Duration
 	Senders          int
-	SendBatch        int
+	SendBatches      []int
+	Phases           string
+	EngineParams     map[string]string
 	BaselineCommits  int
 	BaselineWarmup   int
 	BaselineConns    int
@@ -52,7 +54,8 @@ func defaultOptions() options {
 		LatencySamples:   200,
 		LatencyPause:     20 * time.Millisecond,
 		Senders:          16,
-		SendBatch:        1,
+		SendBatches:      []int{1, 20},
+		Phases:           "1234",
 		BaselineCommits:  500,
 		BaselineWarmup:   50,
 		BaselineConns:    32,
@@ -67,12 +70,23 @@ func (o options) check() error {
 	var errs []error
 	for name, v := range map[string]int{
 		"-runs": o.Runs, "-steps-seq": o.StepsSeq, "-step-runs": o.StepRuns,
-		"-latency-samples": o.LatencySamples, "-senders": o.Senders, "-send-batch": o.SendBatch,
+		"-latency-samples": o.LatencySamples, "-senders": o.Senders,
 		"-baseline-commits": o.BaselineCommits, "-max-workers": o.MaxWorkers, "-pool-conns": o.PoolConns,
 	} {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1 (got %d)", name, v))
 		}
+	}
+	if len(o.SendBatches) == 0 {
+		errs = append(errs, errors.New("-send-batches needs at least one size"))
+	}
+	for _, b := range o.SendBatches {
+		if b < 1 {
+			errs = append(errs, fmt.Errorf("-send-batches: %d is not a batch size", b))
+		}
+	}
+	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "1234") != "" {
+		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 4, and 1 (the reference for the others) is required", o.Phases))
 	}
 	if o.BaselineConns < 1 {
 		errs = append(errs, errors.New("baseline connections must be at least 1"))
@@ -152,7 +166,7 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 		warns: &e.warns, errs: &e.errs,
 	})
 
-	admin, err := e.pool(ctx, "admin", 2, nil)
+	admin, err := e.pool(ctx, "admin", 2, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -182,27 +196,46 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	if _, err := admin.Exec(ctx, "CREATE TABLE "+e.table("bench_t")+" (v bigint NOT NULL)"); err != nil {
 		return fmt.Errorf("creating bench_t: %w", err)
 	}
-	admin.Close() // its backends' statistics must be flushed before the first snapshot
-
 	e.printf("durable-bench: %s %s/%s, %d CPUs (GOMAXPROCS %d), PostgreSQL %s (synchronous_commit=%s)\n",
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), version, syncCommit)
 	e.printf("database %s, schema %s; started %s\n", redact(dbURL), e.schema, time.Now().Format(time.RFC3339))
 	e.printf("engine phases: one client per phase, MaxWorkers %d, pgxpool MaxConns %d, RecoverAfter default\n",
 		o.MaxWorkers, o.PoolConns)
+	if len(o.EngineParams) > 0 {
+		e.printf("engine pools' session settings: %v\n", o.EngineParams)
+	}
+	var others int
+	_ = admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'
+		AND application_name NOT LIKE $1 || '%'`, e.tag).Scan(&others)
+	e.printf("machine load average (1 min): %s; other client connections on the server: %d (the machine and database may be shared)\n",
+		loadAvg(), others)
+	admin.Close() // its backends' statistics must be flushed before the first snapshot
 	start := time.Now()
 
 	base, err := e.machineLimit(ctx)
 	if err != nil {
 		return fmt.Errorf("section 1 (machine limit): %w", err)
 	}
-	if err := e.stepLatency(ctx, base); err != nil {
-		return fmt.Errorf("section 2 (per-step latency): %w", err)
+	if strings.Contains(o.Phases, "2") {
+		if err := e.stepLatency(ctx, base); err != nil {
+			return fmt.Errorf("section 2 (per-step latency): %w", err)
+		}
 	}
-	if err := e.throughput(ctx, base); err != nil {
-		return fmt.Errorf("section 3 (throughput): %w", err)
+	if strings.Contains(o.Phases, "3") {
+		for i, batch := range o.SendBatches {
+			sub := ""
+			if len(o.SendBatches) > 1 {
+				sub = string(rune('a' + i))
+			}
+			if err := e.throughput(ctx, base, sub, batch); err != nil {
+				return fmt.Errorf("section 3%s (throughput, %d events per Send): %w", sub, batch, err)
+			}
+		}
 	}
-	if err := e.eventLatency(ctx); err != nil {
-		return fmt.Errorf("section 4 (event latency): %w", err)
+	if strings.Contains(o.Phases, "4") {
+		if err := e.eventLatency(ctx); err != nil {
+			return fmt.Errorf("section 4 (event latency): %w", err)
+		}
 	}
 
 	e.section("Summary")
@@ -213,7 +246,7 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	}
 	_ = tw.Flush()
 	e.printf("  library log records at WARN or above: %d (ERROR: %d)\n", e.warns.Load(), e.errs.Load())
-	e.printf("  total time %s\n", time.Since(start).Round(100*time.Millisecond))
+	e.printf("  total time %s; load average (1 min) at the end: %s\n", time.Since(start).Round(100*time.Millisecond), loadAvg())
 	return nil
 }
 
@@ -221,13 +254,17 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 func (e *env) table(name string) string { return pgx.Identifier{e.schema, name}.Sanitize() }
 
 // pool opens a pool whose connections carry the bench's application_name
-// (tag-role) and, when tracer is not nil, report to it.
-func (e *env) pool(ctx context.Context, role string, maxConns int32, tracer pgx.QueryTracer) (*pgxpool.Pool, error) {
+// (tag-role) and the given session settings and, when tracer is not nil,
+// report to it.
+func (e *env) pool(ctx context.Context, role string, maxConns int32, tracer pgx.QueryTracer, params map[string]string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(e.url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the database URL: %w", err)
 	}
 	cfg.MaxConns = maxConns
+	for k, v := range params {
+		cfg.ConnConfig.RuntimeParams[k] = v
+	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = e.tag + "-" + role
 	if tracer != nil {
 		cfg.ConnConfig.Tracer = tracer

@@ -10,28 +10,45 @@
 // bench_<random hex> with migrate.Up, runs four phases and drops the schema:
 //
 //  1. Machine limit, with no engine involved: the latency of a one-row
-//     INSERT commit on one connection (p50 and mean), and the commits per
-//     second 32 connections reach doing the same in a loop.
+//     autocommit INSERT on one connection (p50 and mean over 500 commits
+//     after a warm-up), and the commits per second 32 connections reach
+//     doing the same in a loop for 3 seconds.
 //  2. Per-step latency: a function doing N sequential no-op durable.Step
 //     calls, timed from inside the function (before the first step's call
-//     to after the last step returns, divided by N); the median over a few
-//     runs, against a target of 1.5 times the one-row commit latency.
-//  3. Throughput: R events sent concurrently, each starting a run of three
-//     no-op steps; wall time from the first send to the moment a count query
-//     sees every run completed; against a target of the 32-connection
-//     commits/s divided by 6 (a budget of six commits per run).
+//     to after the last step returns, divided by N); the median over five
+//     runs, against a target of 1.5 times the one-row commit p50.
+//  3. Throughput: R events sent concurrently by 16 goroutines, each event
+//     starting a run of three no-op steps; wall time from the first send to
+//     the moment a count query (polled every 50 ms) sees every run
+//     completed; against a target of the 32-connection commits/s divided by
+//     6 (a budget of six commits per run). It runs once per size in
+//     -send-batches: by default 3a with one event per Send call (one
+//     transaction per event) and 3b with 20.
 //  4. Event-commit-to-first-step latency: one event at a time to an idle
 //     client, from the moment Send returns (the event's transaction has
 //     committed) to the moment the first step's body starts; p50 against a
 //     target of 20 ms.
 //
-// Each phase also reports what it cost the database, two ways: client-side,
-// from a pgx tracer on the engine's pool (exact round trips, transactions
-// and the statements behind them, within the measured window), and
-// server-side, from pg_stat_database.xact_commit deltas (database-wide, so
-// they include the client's start and stop and any other session using the
-// same database). A CPU profile of the throughput phase can be written with
-// -cpuprofile.
+// Every engine phase builds its own client (MaxWorkers 100, RecoverAfter
+// default) on its own pgxpool (MaxConns 40), and reports what it cost,
+// several ways:
+//
+//   - client side, from a pgx tracer on the engine's pool: round trips,
+//     transactions (and how many wrote) and the statements behind them, per
+//     step, run or event, exact within the measured window;
+//   - server side, from pg_stat_database.xact_commit and pg_stat_wal deltas
+//     (database- and cluster-wide, so they include the client's start and
+//     stop and any other session on the same server), and from
+//     pg_stat_user_tables of the bench schema (exact rows written per
+//     table);
+//   - CPU: the machine's (from /proc/stat), this process's, and that of the
+//     Postgres backends serving the phase's connections (from /proc, when
+//     Postgres runs on this machine).
+//
+// The throughput phase also reports how often the engine's pool made a
+// caller wait for a connection, and -cpuprofile writes a CPU profile of it.
+// -phases, -engine-param (session settings such as synchronous_commit=off
+// for the engine's pools) and the sizing flags are there for experiments.
 //
 // The command exits with status 1 and a message on stderr when anything
 // fails: no database, a run that fails or never completes, a step body that
@@ -45,6 +62,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -57,7 +76,29 @@ func main() {
 	flag.IntVar(&o.LatencySamples, "latency-samples", o.LatencySamples, "event-latency phase: number of events sent one at a time")
 	flag.DurationVar(&o.LatencyPause, "latency-pause", o.LatencyPause, "event-latency phase: pause between one sample and the next send")
 	flag.IntVar(&o.Senders, "senders", o.Senders, "throughput phase: goroutines sending events")
-	flag.IntVar(&o.SendBatch, "send-batch", o.SendBatch, "throughput phase: events per Send call (1 = one transaction per event)")
+	flag.Func("send-batches", "throughput phase: comma-separated events per Send call, one throughput run per size (default \"1,20\"; 1 = one transaction per event)", func(s string) error {
+		o.SendBatches = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return err
+			}
+			o.SendBatches = append(o.SendBatches, n)
+		}
+		return nil
+	})
+	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits (1 is always needed)")
+	flag.Func("engine-param", "a session setting for the engine's pools, as name=value (repeatable; e.g. synchronous_commit=off)", func(s string) error {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want name=value, got %q", s)
+		}
+		if o.EngineParams == nil {
+			o.EngineParams = map[string]string{}
+		}
+		o.EngineParams[k] = v
+		return nil
+	})
 	flag.IntVar(&o.BaselineCommits, "baseline-commits", o.BaselineCommits, "machine limit: measured one-row commits on one connection")
 	flag.DurationVar(&o.BaselineDuration, "baseline-duration", o.BaselineDuration, "machine limit: duration of the 32-connection commit loop")
 	flag.IntVar(&o.MaxWorkers, "max-workers", o.MaxWorkers, "engine phases: durable Config.MaxWorkers")

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestSmoke runs a scaled-down benchmark against the test database and
+// checks that the report has every section and that nothing failed. The
+// figures themselves are not checked: at this size they mean little.
+func TestSmoke(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	o := defaultOptions()
+	o.Runs = 20
+	o.StepsSeq = 10
+	o.StepRuns = 2
+	o.LatencySamples = 10
+	o.LatencyPause = 5 * time.Millisecond
+	o.Senders = 4
+	o.SendBatches = []int{1, 5}
+	o.BaselineCommits = 50
+	o.BaselineWarmup = 10
+	o.BaselineConns = 4
+	o.BaselineDuration = 300 * time.Millisecond
+	o.PoolConns = 10
+	o.MaxWorkers = 10
+	var logs bytes.Buffer
+	o.LogOutput = &logs
+
+	var out bytes.Buffer
+	err := run(ctx, o, &out)
+	t.Logf("report:\n%s", out.String())
+	if logs.Len() > 0 {
+		t.Logf("library log:\n%s", logs.String())
+	}
+	require.NoError(t, err)
+
+	report := out.String()
+	for _, want := range []string{
+		"== 1. Machine limit",
+		"(a) 1 connection",
+		"(b) 4 connections",
+		"== 2. Per-step latency",
+		"median per-step latency",
+		"== 3a. Throughput: 20 runs x 3 no-op steps, 1 event per Send call",
+		"== 3b. Throughput: 20 runs x 3 no-op steps, 5 events per Send call",
+		"throughput:",
+		"== 4. Event-commit-to-first-step latency",
+		"first step body starts: p50",
+		"== Summary ==",
+		"library log records at WARN or above: 0 (ERROR: 0)",
+	} {
+		require.Contains(t, report, want)
+	}
+	// Sections 2, 3a, 3b and 4 each give a verdict, and so does the summary.
+	require.GreaterOrEqual(t, strings.Count(report, "PASS")+strings.Count(report, "MISS"), 8)
+	require.Empty(t, logs.String(), "the library logged warnings or errors")
+}
