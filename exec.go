@@ -479,6 +479,20 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 		keys[i], kinds[i], statuses[i], errs[i] = s.Key, s.Kind, s.Status, s.Error
 		seqs[i], attempts[i], outputs[i], wakes[i], children[i] = int32(s.Seq), int32(s.Attempts), s.Output, s.WakeAt, s.ChildRun
 	}
+	if p.status == string(RunRunning) && !p.release && p.jobState == "" && p.wakeAt == nil &&
+		expected != nil && *expected == rs.owner {
+		// Mid-attempt: the run is ours already; record the steps only.
+		var runs, steps int
+		err := db.QueryRow(ctx, rs.c.q.get("CommitSteps"), rs.runID, rs.owner,
+			keys, seqs, kinds, statuses, attempts, outputs, errs, wakes, children).Scan(&runs, &steps)
+		if err != nil {
+			return nil, nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
+		}
+		if runs == 0 {
+			return nil, nil, rs.fenceFailed(ctx)
+		}
+		return pending, newOwner, nil
+	}
 	var output any
 	if p.output != nil {
 		output = p.output

@@ -85,7 +85,9 @@ WITH r AS (
         wake_at     = $8,
         job_id      = coalesce($22, job_id),
         started_at  = coalesce(started_at, now()),
-        finish_deadline = coalesce(finish_deadline, now() + finish_timeout),
+        start_deadline = NULL,
+        finish_deadline = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN NULL
+            ELSE coalesce(finish_deadline, now() + finish_timeout) END,
         ended_at    = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN now() END,
         updated_at  = now()
     WHERE id = $1 AND owner IS NOT DISTINCT FROM $3 AND status IN ('queued', 'running')
@@ -164,8 +166,8 @@ SELECT {{schema}}.durable_deliver($1, $2, $3, $4, $5, $6);
 -- name: ExpiredRuns
 SELECT id, CASE WHEN status = 'queued' AND start_deadline < now() THEN 'start' ELSE 'finish' END
 FROM {{schema}}.durable_run
-WHERE (status = 'queued' AND start_deadline < now())
-   OR (status IN ('queued', 'running') AND finish_deadline < now())
+WHERE status IN ('queued', 'running')
+  AND ((start_deadline < now() AND status = 'queued') OR finish_deadline < now())
 LIMIT 100;
 
 -- name: CancelCandidates
@@ -182,13 +184,37 @@ ON CONFLICT DO NOTHING;
 -- name: SetCronTickRun
 UPDATE {{schema}}.durable_cron_tick SET run_id = $3 WHERE function_id = $1 AND tick = $2;
 
+-- name: CommitSteps
+-- The hot path: steps finished mid-attempt, once the attempt owns the run.
+-- The run row is only locked (FOR SHARE conflicts with a takeover's or a
+-- cancellation's update, and re-checks owner and status after waiting), not
+-- rewritten: one index entry and a row lock per step instead of a new run
+-- row version.
+WITH r AS (
+    SELECT id FROM {{schema}}.durable_run
+    WHERE id = $1 AND owner = $2 AND status = 'running'
+    FOR SHARE
+), s AS (
+    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
+    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child
+    FROM r, unnest($3::text[], $4::int[], $5::text[], $6::text[], $7::int[], $8::jsonb[], $9::text[], $10::timestamptz[], $11::text[])
+        AS u(key, seq, kind, status, attempts, output, error, wake_at, child)
+    ON CONFLICT (run_id, key) DO UPDATE SET
+        status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+        error = excluded.error, wake_at = excluded.wake_at, child_run_id = coalesce(excluded.child_run_id, st.child_run_id),
+        updated_at = now()
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s);
+
 -- name: RunStatus
 SELECT status, owner FROM {{schema}}.durable_run WHERE id = $1;
 
 -- name: CancelRun
 WITH r AS (
     UPDATE {{schema}}.durable_run
-    SET status = 'cancelled', error = $2, ended_at = now(), updated_at = now(), owner = NULL, wake_at = NULL
+    SET status = 'cancelled', error = $2, ended_at = now(), updated_at = now(), owner = NULL, wake_at = NULL,
+        start_deadline = NULL, finish_deadline = NULL
     WHERE id = $1 AND status IN ('queued', 'running')
     RETURNING id, job_id
 )

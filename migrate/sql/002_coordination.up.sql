@@ -8,10 +8,14 @@ ALTER TABLE {{schema}}.durable_run
     ADD COLUMN finish_timeout  interval,
     ADD COLUMN finish_deadline timestamptz;
 CREATE INDEX durable_run_parent_idx ON {{schema}}.durable_run (parent_run_id) WHERE parent_run_id IS NOT NULL;
+-- No index predicate mentions status: updating status must stay a HOT
+-- update (the hot path updates the run row at every attempt).
 CREATE INDEX durable_run_start_deadline_idx ON {{schema}}.durable_run (start_deadline)
-    WHERE status = 'queued' AND start_deadline IS NOT NULL;
+    WHERE start_deadline IS NOT NULL;
 CREATE INDEX durable_run_finish_deadline_idx ON {{schema}}.durable_run (finish_deadline)
-    WHERE status IN ('queued', 'running') AND finish_deadline IS NOT NULL;
+    WHERE finish_deadline IS NOT NULL;
+-- Leave room on each page for those updates.
+ALTER TABLE {{schema}}.durable_run SET (fillfactor = 80);
 
 -- Open waits (WaitForEvent) and cancellation listeners (CancelOn). An
 -- incoming event finds its candidates by (event_name, match_path,
@@ -120,14 +124,20 @@ BEGIN
     ELSE
         data := data || jsonb_build_object('error', coalesce(p_error, p_status));
     END IF;
+    -- An event nothing listens to needs no routing.
     INSERT INTO {{schema}}.durable_event (id, name, data, ts, routed)
-    SELECT p_run_id || '/' || e.suffix, 'durable/function.' || e.suffix, data, now(), false
+    SELECT p_run_id || '/' || e.suffix, 'durable/function.' || e.suffix, data, now(),
+        NOT EXISTS (SELECT 1 FROM {{schema}}.durable_function_trigger t WHERE t.event_name = 'durable/function.' || e.suffix)
+        AND NOT EXISTS (SELECT 1 FROM {{schema}}.durable_wait w WHERE w.event_name = 'durable/function.' || e.suffix)
     FROM unnest(CASE p_status
         WHEN 'completed' THEN ARRAY['finished']
         WHEN 'failed' THEN ARRAY['failed', 'finished']
         ELSE ARRAY['cancelled'] END) AS e(suffix)
     ON CONFLICT (id) DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- Count only the events to route.
+    SELECT count(*) INTO n FROM {{schema}}.durable_event
+    WHERE id LIKE p_run_id || '/%' AND NOT routed;
 
     IF r.parent_run_id IS NOT NULL THEN
         IF p_status = 'completed' THEN
