@@ -208,7 +208,7 @@ func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, opt
 	if err != nil {
 		return fmt.Errorf("durable: invoke %q: %w", row.Key, err)
 	}
-	ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: opts.Function, cfg: cfg, events: []eventJSON{ev}, parentRunID: rs.runID, parentStep: row.Key}})
+	ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: opts.Function, cfg: cfg, events: []eventJSON{ev}, parentRunID: rs.runID, parentStep: row.Key}}, true)
 	if err != nil {
 		return err
 	}
@@ -275,82 +275,6 @@ func (c *Client) evalWait(src string, event, async map[string]any) (bool, error)
 		return false, err
 	}
 	return p.Bool(event, async)
-}
-
-// deliver hands new events to the waits and cancellation listeners they
-// match, in the sending transaction.
-func (c *Client) deliver(ctx context.Context, tx pgx.Tx, events []eventJSON) error {
-	for _, e := range events {
-		var paths, values []string
-		var evMap map[string]any
-		evMap = e.asMap()
-		for p, v := range expr.Leaves(evMap, 200) {
-			paths, values = append(paths, p), append(values, v)
-		}
-		rows, err := tx.Query(ctx, c.q.get("MatchWaits"), e.Name, paths, values)
-		if err != nil {
-			return fmt.Errorf("durable: matching waits: %w", err)
-		}
-		type cand struct {
-			id             int64
-			runID, kind    string
-			step           *string
-			ifExpr         string
-			runEvent       []byte
-			runEventParsed eventJSON
-		}
-		cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
-			var k cand
-			err := row.Scan(&k.id, &k.runID, &k.kind, &k.step, &k.ifExpr, &k.runEvent)
-			return k, err
-		})
-		if err != nil {
-			return fmt.Errorf("durable: matching waits: %w", err)
-		}
-		for _, k := range cands {
-			if k.ifExpr != "" {
-				if err := json.Unmarshal(k.runEvent, &k.runEventParsed); err != nil {
-					continue
-				}
-				ok, err := c.evalWait(k.ifExpr, k.runEventParsed.asMap(), evMap)
-				if err != nil || !ok {
-					continue
-				}
-			}
-			switch k.kind {
-			case "cancel":
-				jobID, err := c.cancelRun(ctx, tx, k.runID, fmt.Sprintf("cancelled by event %s (%s)", e.ID, e.Name))
-				if errors.Is(err, pgx.ErrNoRows) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				if err := c.cancelJob(ctx, tx, jobID); err != nil {
-					return err
-				}
-			case "wait":
-				var runID string
-				var step *string
-				err := tx.QueryRow(ctx, c.q.get("TakeWait"), k.id).Scan(&runID, &step)
-				if errors.Is(err, pgx.ErrNoRows) {
-					continue // another event took it first
-				}
-				if err != nil {
-					return err
-				}
-				out, err := json.Marshal(e)
-				if err != nil {
-					return err
-				}
-				var delivered bool
-				if err := tx.QueryRow(ctx, c.q.get("Deliver"), runID, deref(step), stepCompleted, out, nil, c.notifyChannel).Scan(&delivered); err != nil {
-					return fmt.Errorf("durable: delivering event to run %s: %w", runID, err)
-				}
-			}
-		}
-	}
-	return nil
 }
 
 // CancelFilter selects runs for [Client.CancelMany].
@@ -437,7 +361,7 @@ func SendEvent(ctx context.Context, id string, events ...Event) ([]string, error
 		return nil, NonRetriable(fmt.Errorf("durable: SendEvent %q: %w", key, err))
 	}
 	raw, err := rs.step(ctx, key, "send", nil, func(ctx context.Context, tx pgx.Tx) (json.RawMessage, error) {
-		ids, err := rs.c.sendPrepared(ctx, tx, prepared)
+		ids, _, err := rs.c.sendPrepared(ctx, tx, prepared, true)
 		if err != nil {
 			return nil, err
 		}

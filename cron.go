@@ -83,7 +83,17 @@ func (c *Client) cronLoop(ctx context.Context, jobs []cronJob) {
 	next := make([]time.Time, len(jobs))
 	now := time.Now()
 	for i, j := range jobs {
-		next[i] = j.sched.next(now.Add(-time.Minute))
+		// Start from the latest tick of the past minute, if any (fired
+		// already by another process or not: the tick's key decides).
+		t := j.sched.next(now.Add(-time.Minute))
+		for {
+			n := j.sched.next(t)
+			if n.After(now) {
+				break
+			}
+			t = n
+		}
+		next[i] = t
 	}
 	for {
 		soonest := 0
@@ -128,7 +138,7 @@ func (c *Client) fireTick(ctx context.Context, j cronJob, tick time.Time) error 
 		if tag.RowsAffected() == 0 {
 			return nil // another process fired this tick
 		}
-		runIDs, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: fnID, cfg: j.fn.config(), events: []eventJSON{ev}}})
+		runIDs, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: fnID, cfg: j.fn.config(), events: []eventJSON{ev}}}, true)
 		if err != nil {
 			return err
 		}

@@ -110,6 +110,7 @@ type Client struct {
 	activeN   atomic.Int64
 	wakeCh    chan time.Time
 	routeCh   chan struct{}
+	notes     notifier
 }
 
 // NewClient builds a client. It checks every function and option and

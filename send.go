@@ -8,11 +8,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/ids"
-	"github.com/pgdurable/durable/riverjobs"
 )
 
 // Send persists events and starts a run of every function whose trigger
@@ -25,12 +23,16 @@ func (c *Client) Send(ctx context.Context, events ...Event) ([]string, error) {
 		return nil, err
 	}
 	var out []string
+	var started int
 	err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		out, err = c.sendPrepared(ctx, tx, prepared)
+		out, started, err = c.sendPrepared(ctx, tx, prepared, false)
 		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	if started > 0 {
+		c.notifyProducers(ctx)
 	}
 	return out, nil
 }
@@ -45,7 +47,8 @@ func (c *Client) SendTx(ctx context.Context, tx pgx.Tx, events ...Event) ([]stri
 	if err != nil {
 		return nil, err
 	}
-	return c.sendPrepared(ctx, tx, prepared)
+	ids, _, err := c.sendPrepared(ctx, tx, prepared, true)
+	return ids, err
 }
 
 func (c *Client) prepareEvents(events []Event) ([]eventJSON, error) {
@@ -61,117 +64,6 @@ func (c *Client) prepareEvents(events []Event) ([]eventJSON, error) {
 		out[i] = p
 	}
 	return out, nil
-}
-
-// sendPrepared inserts events and fans them out to runs, in tx.
-func (c *Client) sendPrepared(ctx context.Context, tx pgx.Tx, events []eventJSON) ([]string, error) {
-	result := make([]string, len(events))
-	seen := map[string]bool{}
-	var uniq []eventJSON
-	for i, e := range events {
-		result[i] = e.ID
-		if !seen[e.ID] {
-			seen[e.ID] = true
-			uniq = append(uniq, e)
-		}
-	}
-	idsArr := make([]string, len(uniq))
-	names := make([]string, len(uniq))
-	datas := make([]json.RawMessage, len(uniq))
-	tss := make([]any, len(uniq))
-	for i, e := range uniq {
-		idsArr[i], names[i], datas[i], tss[i] = e.ID, e.Name, e.Data, e.TS
-	}
-	// Waits that are being registered for these names see these events
-	// or are seen by them (see registerWait).
-	if _, err := tx.Exec(ctx, c.q.get("LockEventNameShared"), c.schema, names); err != nil {
-		return nil, fmt.Errorf("durable: storing events: %w", err)
-	}
-	rows, err := tx.Query(ctx, c.q.get("InsertEvents"), idsArr, names, datas, tss)
-	if err != nil {
-		return nil, fmt.Errorf("durable: storing events: %w", err)
-	}
-	inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("durable: storing events: %w", err)
-	}
-	if len(inserted) == 0 {
-		return result, nil
-	}
-	fresh := make(map[string]bool, len(inserted))
-	for _, id := range inserted {
-		fresh[id] = true
-	}
-	var freshEvents []eventJSON
-	for _, e := range uniq {
-		if fresh[e.ID] {
-			freshEvents = append(freshEvents, e)
-		}
-	}
-	if err := c.fanOut(ctx, tx, freshEvents); err != nil {
-		return nil, err
-	}
-	return result, nil
-}
-
-// fanOut starts the runs that new events trigger, in tx.
-func (c *Client) fanOut(ctx context.Context, tx pgx.Tx, events []eventJSON) error {
-	nameSet := map[string]bool{}
-	var nameList []string
-	for _, e := range events {
-		if !nameSet[e.Name] {
-			nameSet[e.Name] = true
-			nameList = append(nameList, e.Name)
-		}
-	}
-	type trig struct {
-		fn, ifExpr string
-		cfg        funcConfig
-	}
-	byName := map[string][]trig{}
-	rows, err := tx.Query(ctx, c.q.get("MatchTriggers"), nameList)
-	if err != nil {
-		return fmt.Errorf("durable: matching triggers: %w", err)
-	}
-	var fn, name, ifExpr string
-	var cfg []byte
-	_, err = pgx.ForEachRow(rows, []any{&fn, &name, &ifExpr, &cfg}, func() error {
-		byName[name] = append(byName[name], trig{fn, ifExpr, decodeConfig(cfg)})
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("durable: matching triggers: %w", err)
-	}
-	var newRuns []pendingRun
-	for _, e := range events {
-		var evMap map[string]any
-		started := map[string]bool{}
-		for _, t := range byName[e.Name] {
-			if started[t.fn] {
-				continue
-			}
-			if t.ifExpr != "" {
-				if evMap == nil {
-					evMap = e.asMap()
-				}
-				ok, err := c.evalFilter(t.ifExpr, evMap)
-				if err != nil {
-					c.logger.WarnContext(ctx, "durable: trigger filter failed; the event does not start this function",
-						"function_id", t.fn, "event_id", e.ID, "if", t.ifExpr, "error", err)
-					continue
-				}
-				if !ok {
-					continue
-				}
-			}
-			started[t.fn] = true
-			newRuns = append(newRuns, pendingRun{functionID: t.fn, cfg: t.cfg, events: []eventJSON{e}})
-		}
-	}
-	if _, err := c.insertRuns(ctx, tx, newRuns); err != nil {
-		return err
-	}
-	return c.deliver(ctx, tx, events)
 }
 
 func (c *Client) evalFilter(src string, event map[string]any) (bool, error) {
@@ -190,78 +82,12 @@ type pendingRun struct {
 	parentStep  string
 }
 
+func newID() string { return ids.New() }
+
 // runJobMaxAttempts is the River attempt limit of run jobs: River's own
 // retries only cover infrastructure failures (a step's retries are
 // counted by the library), so the limit is only a backstop.
 const runJobMaxAttempts = 1000
-
-// insertRuns creates runs, their River jobs and their cancellation
-// listeners in tx, and returns the run IDs in order ("" for a run not
-// created because its idempotency key was taken).
-func (c *Client) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) ([]string, error) {
-	if len(runs) == 0 {
-		return nil, nil
-	}
-	runIDs := make([]string, len(runs))
-	for i := range runs {
-		runIDs[i] = ids.New()
-	}
-	if err := c.claimIdempotency(ctx, tx, runs, runIDs); err != nil {
-		return nil, err
-	}
-	var params []river.InsertManyParams
-	var keep []int
-	for i := range runs {
-		if runIDs[i] == "" {
-			continue
-		}
-		keep = append(keep, i)
-		params = append(params, river.InsertManyParams{
-			Args:       riverjobs.RunArgs{RunID: runIDs[i]},
-			InsertOpts: &river.InsertOpts{Queue: c.cfg.Queue, MaxAttempts: runJobMaxAttempts},
-		})
-	}
-	if len(keep) == 0 {
-		return runIDs, nil
-	}
-	res, err := c.river.InsertManyTx(ctx, tx, params)
-	if err != nil {
-		return nil, fmt.Errorf("durable: inserting run jobs: %w", err)
-	}
-	n := len(keep)
-	rIDs, fns, eventIDs, parents, parentSteps := make([]string, n), make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)
-	evs := make([]json.RawMessage, n)
-	jobIDs := make([]int64, n)
-	starts, finishes := make([]*string, n), make([]*string, n)
-	var w waitRows
-	for j, i := range keep {
-		r := runs[i]
-		b, err := json.Marshal(r.events)
-		if err != nil {
-			return nil, err
-		}
-		rIDs[j], fns[j], eventIDs[j], evs[j], jobIDs[j] = runIDs[i], r.functionID, r.events[0].ID, b, res[j].Job.ID
-		if r.parentRunID != "" {
-			parents[j], parentSteps[j] = &r.parentRunID, &r.parentStep
-		}
-		starts[j], finishes[j] = interval(r.cfg.StartMS), interval(r.cfg.FinishMS)
-		for _, co := range r.cfg.CancelOn {
-			var exp *time.Time
-			if co.TimeoutMS > 0 {
-				t := time.Now().Add(time.Duration(co.TimeoutMS) * time.Millisecond)
-				exp = &t
-			}
-			w.add(c, runIDs[i], "cancel", nil, co.Event, co.If, r.events[0], exp)
-		}
-	}
-	if _, err := tx.Exec(ctx, c.q.get("InsertRuns"), rIDs, fns, eventIDs, evs, jobIDs, parents, parentSteps, starts, finishes); err != nil {
-		return nil, fmt.Errorf("durable: inserting runs: %w", err)
-	}
-	if err := w.insert(ctx, c, tx); err != nil {
-		return nil, err
-	}
-	return runIDs, nil
-}
 
 // claimIdempotency blanks the IDs of runs whose function's idempotency key
 // is already held (by an earlier run, or an earlier run of this batch).
@@ -382,7 +208,7 @@ func (c *Client) Invoke(ctx context.Context, functionID string, data any) (strin
 	}
 	var runID string
 	err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []eventJSON{ev}}})
+		ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []eventJSON{ev}}}, false)
 		if err != nil {
 			return err
 		}
@@ -392,6 +218,9 @@ func (c *Client) Invoke(ctx context.Context, functionID string, data any) (strin
 		}
 		return nil
 	})
+	if err == nil {
+		c.notifyProducers(ctx)
+	}
 	return runID, err
 }
 

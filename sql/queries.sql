@@ -49,12 +49,30 @@ INSERT INTO {{schema}}.durable_wait (run_id, kind, step_key, event_name, match_p
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[]);
 
 -- name: InsertRuns
-INSERT INTO {{schema}}.durable_run (id, function_id, status, event_id, event_ids, events, job_id,
-    parent_run_id, parent_step, start_deadline, finish_timeout)
-SELECT r.id, r.function_id, 'queued', r.event_id, ARRAY[r.event_id], r.events, r.job_id,
-    r.parent_run_id, r.parent_step, now() + r.start_timeout, r.finish_timeout
-FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::text[], $7::text[], $8::interval[], $9::interval[])
-    AS r(id, function_id, event_id, events, job_id, parent_run_id, parent_step, start_timeout, finish_timeout);
+-- Runs and their River jobs in one statement (the job carries only the run
+-- ID); the producers are told by NOTIFY, here when $14 (in the caller's
+-- transaction, for SendTx) or after the commit (Send).
+WITH j AS (
+    INSERT INTO {{schema}}.river_job (args, kind, max_attempts, queue, state, scheduled_at)
+    SELECT jsonb_build_object('run_id', r.id), $10, $11, $12, 'available', now()
+    FROM unnest($1::text[]) AS r(id)
+    RETURNING id, args ->> 'run_id' AS run_id
+), ins AS (
+    INSERT INTO {{schema}}.durable_run (id, function_id, status, event_id, event_ids, events, job_id,
+        parent_run_id, parent_step, start_deadline, finish_timeout)
+    SELECT r.id, r.function_id, 'queued', r.event_id, ARRAY[r.event_id], r.events, j.id,
+        r.parent_run_id, r.parent_step, now() + r.start_timeout, r.finish_timeout
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::interval[], $8::interval[])
+        AS r(id, function_id, event_id, events, parent_run_id, parent_step, start_timeout, finish_timeout)
+    JOIN j ON j.run_id = r.id
+    RETURNING 1
+), n AS (
+    SELECT pg_notify($13, $9) WHERE $14::boolean
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM n);
+
+-- name: NotifyInsert
+SELECT pg_notify($1, $2);
 
 -- name: LoadRun
 SELECT r.function_id, r.status, r.events, r.owner, r.fn_attempts, r.wake_at, r.error, now(),
