@@ -483,8 +483,15 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 		expected != nil && *expected == rs.owner {
 		// Mid-attempt: the run is ours already; record the steps only.
 		var runs, steps int
-		err := db.QueryRow(ctx, rs.c.q.get("CommitSteps"), rs.runID, rs.owner,
-			keys, seqs, kinds, statuses, attempts, outputs, errs, wakes, children).Scan(&runs, &steps)
+		var err error
+		if n == 1 {
+			s := pending[0]
+			err = db.QueryRow(ctx, rs.c.q.get("CommitStep"), rs.runID, rs.owner,
+				s.Key, s.Seq, s.Kind, s.Status, s.Attempts, []byte(s.Output), s.Error, s.WakeAt, s.ChildRun).Scan(&runs, &steps)
+		} else {
+			err = db.QueryRow(ctx, rs.c.q.get("CommitSteps"), rs.runID, rs.owner,
+				keys, seqs, kinds, statuses, attempts, outputs, errs, wakes, children).Scan(&runs, &steps)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 		}

@@ -29,7 +29,6 @@ CREATE TABLE {{schema}}.durable_event (
     ts          timestamptz NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX durable_event_received_at_idx ON {{schema}}.durable_event (received_at);
 
 -- One row per run. owner is the fencing token of the job attempt that last
 -- wrote the run; every write from an attempt is conditional on it.

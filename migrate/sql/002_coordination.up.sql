@@ -61,9 +61,9 @@ CREATE TABLE {{schema}}.durable_cron_tick (
 -- functions of its own): idempotency key, cancellation listeners, timeouts.
 ALTER TABLE {{schema}}.durable_function ADD COLUMN config jsonb NOT NULL DEFAULT '{}';
 
--- Events emitted by the library itself (system events) are stored at once,
--- in the transaction that ends the run, and routed to the functions they
--- trigger right after, by any live process (routed = false until then).
+-- Events emitted by the library itself (system events) are stored in the
+-- transaction that ends the run and routed to the functions they trigger
+-- right after, by any live process (routed = false until then).
 ALTER TABLE {{schema}}.durable_event ADD COLUMN routed boolean NOT NULL DEFAULT true;
 CREATE INDEX durable_event_unrouted_idx ON {{schema}}.durable_event (received_at) WHERE NOT routed;
 
@@ -124,20 +124,19 @@ BEGIN
     ELSE
         data := data || jsonb_build_object('error', coalesce(p_error, p_status));
     END IF;
-    -- An event nothing listens to needs no routing.
+    -- An event is stored (and routed right after, by any live process) only
+    -- when something listens to it: a trigger, a wait or a cancellation
+    -- listener. Nothing else could ever see it.
     INSERT INTO {{schema}}.durable_event (id, name, data, ts, routed)
-    SELECT p_run_id || '/' || e.suffix, 'durable/function.' || e.suffix, data, now(),
-        NOT EXISTS (SELECT 1 FROM {{schema}}.durable_function_trigger t WHERE t.event_name = 'durable/function.' || e.suffix)
-        AND NOT EXISTS (SELECT 1 FROM {{schema}}.durable_wait w WHERE w.event_name = 'durable/function.' || e.suffix)
+    SELECT p_run_id || '/' || e.suffix, 'durable/function.' || e.suffix, data, now(), false
     FROM unnest(CASE p_status
         WHEN 'completed' THEN ARRAY['finished']
         WHEN 'failed' THEN ARRAY['failed', 'finished']
         ELSE ARRAY['cancelled'] END) AS e(suffix)
+    WHERE EXISTS (SELECT 1 FROM {{schema}}.durable_function_trigger t WHERE t.event_name = 'durable/function.' || e.suffix)
+       OR EXISTS (SELECT 1 FROM {{schema}}.durable_wait w WHERE w.event_name = 'durable/function.' || e.suffix)
     ON CONFLICT (id) DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
-    -- Count only the events to route.
-    SELECT count(*) INTO n FROM {{schema}}.durable_event
-    WHERE id LIKE p_run_id || '/%' AND NOT routed;
 
     IF r.parent_run_id IS NOT NULL THEN
         IF p_status = 'completed' THEN
