@@ -301,11 +301,17 @@ WITH dead AS (
     SELECT j.id
     FROM {{schema}}.river_job j
     WHERE j.state = 'running' AND j.kind = $2
-        AND j.attempted_at < now() - make_interval(secs => $1::float8)
         AND NOT EXISTS (
             SELECT 1 FROM {{schema}}.durable_worker w
             WHERE w.id = j.attempted_by[array_length(j.attempted_by, 1)]
                 AND w.heartbeat_at > now() - make_interval(secs => $1::float8))
+        -- A process that stopped removed its heartbeat: its jobs need not
+        -- wait out RecoverAfter (the few seconds cover a process that just
+        -- fetched a job and is registering its heartbeat).
+        AND (j.attempted_at < now() - make_interval(secs => $1::float8)
+            OR (j.attempted_at < now() - interval '5 seconds' AND NOT EXISTS (
+                SELECT 1 FROM {{schema}}.durable_worker w
+                WHERE w.id = j.attempted_by[array_length(j.attempted_by, 1)])))
     FOR UPDATE OF j SKIP LOCKED
 ), upd AS (
     UPDATE {{schema}}.river_job j SET state = 'available', scheduled_at = now()
