@@ -139,3 +139,76 @@ func ExampleStepError() {
 	// sms failed after 2 attempts: sms provider down
 	// completed "sent by email"
 }
+
+// Waiting for an event that matches this run's trigger, with a timeout.
+func ExampleWaitForEvent() {
+	ctx := context.Background()
+	pool, schema, drop := exampleDB(ctx)
+	defer drop()
+
+	onboarding := durable.NewFunction(durable.FunctionOpts{
+		ID:       "onboarding",
+		Triggers: []durable.Trigger{{Event: "user/signed-up"}},
+	}, func(ctx context.Context, in durable.Input[map[string]string]) (string, error) {
+		ev, err := durable.WaitForEvent[map[string]string](ctx, "verified", durable.WaitOpts{
+			Event:   "user/email-verified",
+			If:      "event.data.userId == async.data.userId",
+			Timeout: time.Hour,
+		})
+		if errors.Is(err, durable.ErrEventTimeout) {
+			return "reminder sent", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		return "verified via " + ev.Data["via"], nil
+	})
+	client, _ := durable.NewClient(pool, &durable.Config{Schema: schema, Functions: []durable.Function{onboarding}})
+	_ = client.Start(ctx)
+	defer client.Stop(ctx)
+
+	ids, _ := client.Send(ctx, durable.Event{Name: "user/signed-up", Data: map[string]string{"userId": "u1"}})
+	runs, _ := client.RunsForEvent(ctx, ids[0])
+	for { // wait until the run waits
+		run, _ := client.GetRun(ctx, runs[0].ID)
+		if len(run.Steps) == 1 && run.Steps[0].Status == "waiting" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, _ = client.Send(ctx, durable.Event{Name: "user/email-verified", Data: map[string]string{"userId": "u1", "via": "link"}})
+	run, _ := client.WaitRun(ctx, runs[0].ID)
+	fmt.Println(run.Status, string(run.Output))
+	// Output: completed "verified via link"
+}
+
+// Invoking another function as a step.
+func ExampleInvoke() {
+	ctx := context.Background()
+	pool, schema, drop := exampleDB(ctx)
+	defer drop()
+
+	score := durable.NewFunction(durable.FunctionOpts{ID: "compute-score"},
+		func(ctx context.Context, in durable.Input[map[string]int]) (int, error) {
+			return in.Event.Data["answers"] * 10, nil
+		})
+	review := durable.NewFunction(durable.FunctionOpts{ID: "review"},
+		func(ctx context.Context, in durable.Input[map[string]int]) (string, error) {
+			s, err := durable.Invoke[int](ctx, "score", durable.InvokeOpts{
+				Function: "compute-score", Data: in.Event.Data, Timeout: time.Minute,
+			})
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("score %d", s), nil
+		})
+	client, _ := durable.NewClient(pool, &durable.Config{Schema: schema, Functions: []durable.Function{score, review}})
+	_ = client.Start(ctx)
+	defer client.Stop(ctx)
+
+	runID, _ := client.Invoke(ctx, "review", map[string]int{"answers": 7})
+	run, _ := client.WaitRun(ctx, runID)
+	child, _ := client.GetRun(ctx, run.Steps[0].ChildRunID)
+	fmt.Println(run.Status, string(run.Output), child.FunctionID, child.ParentRunID == run.ID)
+	// Output: completed "score 70" compute-score true
+}
