@@ -139,7 +139,7 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, check fun
 			return rs.claimTimeout(ctx, key, kind)
 		}
 	}
-	if err := rs.boundary(ctx, key); err != nil {
+	if err := rs.boundary(ctx, key, false); err != nil {
 		return nil, err
 	}
 	if check != nil {

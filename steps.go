@@ -93,7 +93,7 @@ func sleepUntil(ctx context.Context, id string, until func() time.Time) error {
 			return nil
 		}
 	}
-	if err := rs.boundary(ctx, key); err != nil {
+	if err := rs.boundary(ctx, key, false); err != nil {
 		return err
 	}
 	wake := until().UTC()
@@ -162,7 +162,7 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 			attempts, seq = row.Attempts, row.Seq
 		}
 	}
-	if err := rs.boundary(ctx, key); err != nil {
+	if err := rs.boundary(ctx, key, true); err != nil {
 		return nil, err
 	}
 	if seq < 0 {
@@ -265,7 +265,10 @@ func (rs *runState) stepFailed(ctx context.Context, key string, seq int, kind st
 
 // boundary runs before a new step executes: it enforces the step limit,
 // stops at once if the run is being stopped, and commits finished steps.
-func (rs *runState) boundary(ctx context.Context, key string) error {
+//
+// A step that suspends the run at once (a sleep, a wait, an invoke) passes
+// flush false: its suspending commit records the finished steps too.
+func (rs *runState) boundary(ctx context.Context, key string, flush bool) error {
 	rs.replaying.Store(false)
 	rs.mu.Lock()
 	count := len(rs.memo) + len(rs.pending)
@@ -283,7 +286,7 @@ func (rs *runState) boundary(ctx context.Context, key string) error {
 	rs.mu.Lock()
 	hasPending := len(rs.pending) > 0
 	rs.mu.Unlock()
-	if hasPending {
+	if hasPending && flush {
 		if err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunRunning)}); err != nil {
 			rs.stop(err)
 		}
