@@ -145,9 +145,10 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 }
 
 // shortSuspend is the longest suspension an attempt waits out in process
-// instead of returning the job to River. River records a snoozed job's new
-// state up to ~250 ms after the attempt returns, so a wake-up due sooner
-// than that would wait for the next poll.
+// (holding its worker slot) instead of handing the run to a continuation
+// job: for a retry backoff or a brief sleep, a timer here is cheaper and
+// more punctual than a job that the waker must make available and a
+// producer must fetch.
 const shortSuspend = 500 * time.Millisecond
 
 // resumeSoon asks ExecuteRun to wait until at and run the attempt again.
