@@ -36,10 +36,11 @@ type FunctionOpts struct {
 	// Not supported yet: NewClient rejects it.
 	Concurrency []Concurrency
 	// Idempotency is a CEL expression over `event`; one run per distinct
-	// value per 24 hours. Not supported yet: NewClient rejects it.
+	// value per 24 hours, across processes (decided in the transaction that
+	// creates the run). An expression that fails to evaluate for an event
+	// starts the run without a key (and logs a warning).
 	Idempotency string
 	// CancelOn lists events that cancel a run. At most 5.
-	// Not supported yet: NewClient rejects it.
 	CancelOn []CancelOn
 	// Timeouts cancel runs that start or finish too late.
 	Timeouts Timeouts
