@@ -41,6 +41,16 @@ type options struct {
 	PoolConns        int
 	CPUProfile       string
 	Statements       bool
+	// RiverJobs and RiverBatch size the River-only baseline of section 3
+	// (0 jobs skips it).
+	RiverJobs  int
+	RiverBatch int
+	// WaitSamples is the number of wait-resume samples of section 5.
+	WaitSamples int
+	// OpenWaits and SendCostSamples size section 6: the open waits of the
+	// loaded schema, and the Send calls measured per schema.
+	OpenWaits       int
+	SendCostSamples int
 	// LogOutput receives the library's warnings and errors.
 	LogOutput io.Writer
 }
@@ -55,7 +65,7 @@ func defaultOptions() options {
 		LatencyPause:     20 * time.Millisecond,
 		Senders:          16,
 		SendBatches:      []int{1, 20},
-		Phases:           "1234",
+		Phases:           "123456",
 		BaselineCommits:  500,
 		BaselineWarmup:   50,
 		BaselineConns:    32,
@@ -63,6 +73,11 @@ func defaultOptions() options {
 		MaxWorkers:       100,
 		PoolConns:        40,
 		Statements:       true,
+		RiverJobs:        2000,
+		RiverBatch:       20,
+		WaitSamples:      100,
+		OpenWaits:        10000,
+		SendCostSamples:  300,
 	}
 }
 
@@ -72,6 +87,8 @@ func (o options) check() error {
 		"-runs": o.Runs, "-steps-seq": o.StepsSeq, "-step-runs": o.StepRuns,
 		"-latency-samples": o.LatencySamples, "-senders": o.Senders,
 		"-baseline-commits": o.BaselineCommits, "-max-workers": o.MaxWorkers, "-pool-conns": o.PoolConns,
+		"-river-batch": o.RiverBatch, "-wait-samples": o.WaitSamples, "-open-waits": o.OpenWaits,
+		"-send-cost-samples": o.SendCostSamples,
 	} {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1 (got %d)", name, v))
@@ -85,8 +102,11 @@ func (o options) check() error {
 			errs = append(errs, fmt.Errorf("-send-batches: %d is not a batch size", b))
 		}
 	}
-	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "1234") != "" {
-		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 4, and 1 (the reference for the others) is required", o.Phases))
+	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "123456") != "" {
+		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 6, and 1 (the reference for the others) is required", o.Phases))
+	}
+	if o.RiverJobs < 0 {
+		errs = append(errs, fmt.Errorf("-river-jobs must not be negative (got %d)", o.RiverJobs))
 	}
 	if o.BaselineConns < 1 {
 		errs = append(errs, errors.New("baseline connections must be at least 1"))
@@ -116,6 +136,9 @@ type env struct {
 	warns  atomic.Int64 // library log records at Warn or above
 	errs   atomic.Int64 // of which at Error or above
 	rows   []summaryRow
+	// costs are the throughput phases' results (3a, 3b, ... and the
+	// River-only baseline), for the comparison at the end of section 3.
+	costs []phaseCost
 }
 
 // summaryRow is one line of the closing table.
@@ -231,10 +254,26 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 				return fmt.Errorf("section 3%s (throughput, %d events per Send): %w", sub, batch, err)
 			}
 		}
+		if o.RiverJobs > 0 {
+			sub := string(rune('a' + len(o.SendBatches)))
+			if err := e.riverBaseline(ctx, base, sub); err != nil {
+				return fmt.Errorf("section 3%s (River-only baseline): %w", sub, err)
+			}
+		}
 	}
 	if strings.Contains(o.Phases, "4") {
 		if err := e.eventLatency(ctx); err != nil {
 			return fmt.Errorf("section 4 (event latency): %w", err)
+		}
+	}
+	if strings.Contains(o.Phases, "5") {
+		if err := e.waitLatency(ctx); err != nil {
+			return fmt.Errorf("section 5 (wait-resume latency): %w", err)
+		}
+	}
+	if strings.Contains(o.Phases, "6") {
+		if err := e.sendCost(ctx); err != nil {
+			return fmt.Errorf("section 6 (Send cost with open waits): %w", err)
 		}
 	}
 

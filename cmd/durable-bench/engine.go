@@ -26,7 +26,13 @@ type engine struct {
 // settings: MaxWorkers and pool size from the options, RecoverAfter and
 // every other setting at its default.
 func (e *env) startEngine(ctx context.Context, role string, fns ...durable.Function) (*engine, error) {
-	tr := newTracer(e.schema)
+	return e.startEngineIn(ctx, e.schema, role, fns...)
+}
+
+// startEngineIn is startEngine on another schema (one migrated with
+// migrate.Up).
+func (e *env) startEngineIn(ctx context.Context, schema, role string, fns ...durable.Function) (*engine, error) {
+	tr := newTracer(schema)
 	pool, err := e.pool(ctx, role, int32(e.o.PoolConns), tr, e.o.EngineParams)
 	if err != nil {
 		return nil, err
@@ -35,7 +41,7 @@ func (e *env) startEngine(ctx context.Context, role string, fns ...durable.Funct
 		Functions:  fns,
 		Logger:     e.logger.With("phase", role),
 		MaxWorkers: e.o.MaxWorkers,
-		Schema:     e.schema,
+		Schema:     schema,
 	})
 	if err != nil {
 		pool.Close()

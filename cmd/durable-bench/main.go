@@ -7,7 +7,8 @@
 //
 // It finds Postgres the way the tests do (internal/testdb: TEST_DATABASE_URL,
 // DATABASE_URL, else the local server), creates a fresh schema named
-// bench_<random hex> with migrate.Up, runs four phases and drops the schema:
+// bench_<random hex> with migrate.Up, runs six phases and drops the schema
+// (section 6 makes two more schemas of its own, and drops them):
 //
 //  1. Machine limit, with no engine involved: the latency of a one-row
 //     autocommit INSERT on one connection (p50 and mean over 500 commits
@@ -23,11 +24,30 @@
 //     completed; against a target of the 32-connection commits/s divided by
 //     6 (a budget of six commits per run). It runs once per size in
 //     -send-batches: by default 3a with one event per Send call (one
-//     transaction per event) and 3b with 20.
+//     transaction per event) and 3b with 20. Then, in the same run, a
+//     River-only baseline (3c): -river-jobs no-op River jobs of a kind and
+//     queue of their own, inserted -river-batch per InsertMany call by the
+//     same 16 goroutines, worked by a River client configured like the
+//     library's internal one (MaxWorkers 100, pool 40, FetchCooldown 2 ms),
+//     to completion (counted in river_job); jobs/s, CPU and WAL per job are
+//     printed next to the durable phases' per-run figures: River's own job
+//     lifecycle (insert, fetch, completion) is the floor under a run's cost.
 //  4. Event-commit-to-first-step latency: one event at a time to an idle
 //     client, from the moment Send returns (the event's transaction has
 //     committed) to the moment the first step's body starts; p50 against a
 //     target of 20 ms.
+//  5. Wait-resume latency: a function that waits (WaitForEvent on
+//     "bench/resume", If async.data.k == event.data.k) and then runs one
+//     step; one run at a time, once GetRun shows the wait recorded, the
+//     matching event is sent; from the moment that Send returns to the
+//     moment the step's body starts; p50 against a target of 20 ms.
+//  6. Send cost with open waits: in two fresh schemas, one with no wait and
+//     one with -open-waits waits on "bench/resume" (one real waiting run,
+//     the rest rows inserted with SQL in the engine's shape on a
+//     placeholder run), the latency of a Send of a "bench/resume" event that
+//     matches none (-send-cost-samples per schema, alternating), p50 ratio
+//     against a target of 2x; then a matching Send must consume exactly one
+//     wait and resume exactly one run.
 //
 // Every engine phase builds its own client (MaxWorkers 100, RecoverAfter
 // default) on its own pgxpool (MaxConns 40), and reports what it cost,
@@ -87,7 +107,7 @@ func main() {
 		}
 		return nil
 	})
-	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits (1 is always needed)")
+	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 6 (1 is always needed)")
 	flag.Func("engine-param", "a session setting for the engine's pools, as name=value (repeatable; e.g. synchronous_commit=off)", func(s string) error {
 		k, v, ok := strings.Cut(s, "=")
 		if !ok || k == "" {
@@ -103,6 +123,11 @@ func main() {
 	flag.DurationVar(&o.BaselineDuration, "baseline-duration", o.BaselineDuration, "machine limit: duration of the 32-connection commit loop")
 	flag.IntVar(&o.MaxWorkers, "max-workers", o.MaxWorkers, "engine phases: durable Config.MaxWorkers")
 	flag.IntVar(&o.PoolConns, "pool-conns", o.PoolConns, "engine phases: MaxConns of the engine's pgxpool")
+	flag.IntVar(&o.RiverJobs, "river-jobs", o.RiverJobs, "River-only baseline (section 3): number of no-op jobs (0 skips it)")
+	flag.IntVar(&o.RiverBatch, "river-batch", o.RiverBatch, "River-only baseline: jobs per InsertMany call")
+	flag.IntVar(&o.WaitSamples, "wait-samples", o.WaitSamples, "wait-resume phase: number of runs resumed one at a time")
+	flag.IntVar(&o.OpenWaits, "open-waits", o.OpenWaits, "Send-cost phase: open waits in the loaded schema")
+	flag.IntVar(&o.SendCostSamples, "send-cost-samples", o.SendCostSamples, "Send-cost phase: non-matching Send calls measured per schema")
 	flag.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the throughput phase to this file")
 	flag.BoolVar(&o.Statements, "statements", o.Statements, "print the statements behind each engine phase (from the pgx tracer)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")

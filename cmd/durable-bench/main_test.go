@@ -32,6 +32,11 @@ func TestSmoke(t *testing.T) {
 	o.BaselineDuration = 300 * time.Millisecond
 	o.PoolConns = 10
 	o.MaxWorkers = 10
+	o.RiverJobs = 20
+	o.RiverBatch = 5
+	o.WaitSamples = 5
+	o.OpenWaits = 50
+	o.SendCostSamples = 10
 	var logs bytes.Buffer
 	o.LogOutput = &logs
 
@@ -53,14 +58,26 @@ func TestSmoke(t *testing.T) {
 		"== 3a. Throughput: 20 runs x 3 no-op steps, 1 event per Send call",
 		"== 3b. Throughput: 20 runs x 3 no-op steps, 5 events per Send call",
 		"throughput:",
+		"== 3c. River-only baseline: 20 no-op River jobs, 5 jobs per InsertMany call",
+		"same run, side by side",
+		"3c River only, 5 jobs per InsertMany",
 		"== 4. Event-commit-to-first-step latency",
 		"first step body starts: p50",
+		"== 5. Wait-resume latency",
+		"step \"after\" body starts: p50",
+		"== 6. Send cost with 0 vs 50 open waits",
+		"ratio 50 vs 0 waits: p50",
+		"1 consumed",
+		"runs resumed: 1",
 		"== Summary ==",
 		"library log records at WARN or above: 0 (ERROR: 0)",
 	} {
 		require.Contains(t, report, want)
 	}
-	// Sections 2, 3a, 3b and 4 each give a verdict, and so does the summary.
-	require.GreaterOrEqual(t, strings.Count(report, "PASS")+strings.Count(report, "MISS"), 8)
+	// Sections 2, 3a, 3b, 4, 5 and 6 (twice) each give a verdict, and so
+	// does the summary.
+	require.GreaterOrEqual(t, strings.Count(report, "PASS")+strings.Count(report, "MISS"), 14)
+	// The matching Send of section 6 consumed one wait and resumed one run.
+	require.Regexp(t, `matching Send, 50 open waits: consumed / resumed\s+1 wait / 1 run\s+exactly 1 / 1\s+PASS`, report)
 	require.Empty(t, logs.String(), "the library logged warnings or errors")
 }

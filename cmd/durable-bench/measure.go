@@ -284,6 +284,17 @@ var (
 // normalizeSQL) to "durable.<Name>". Statements it cannot name are shown
 // by their first words.
 func durableQueries(schema string) map[string]string {
+	out := map[string]string{}
+	for name, sql := range durableSQL(schema) {
+		out[normalizeSQL(sql)] = "durable." + name
+	}
+	return out
+}
+
+// durableSQL returns the library's statements by name, rendered for
+// schema, read from sql/queries.sql next to this file's source; nil when
+// it cannot be read.
+func durableSQL(schema string) map[string]string {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		return nil
@@ -297,8 +308,7 @@ func durableQueries(schema string) map[string]string {
 	var body strings.Builder
 	flush := func() {
 		if name != "" {
-			sql := strings.ReplaceAll(body.String(), "{{schema}}", pgx.Identifier{schema}.Sanitize())
-			out[normalizeSQL(sql)] = "durable." + name
+			out[name] = strings.TrimSpace(strings.ReplaceAll(body.String(), "{{schema}}", pgx.Identifier{schema}.Sanitize()))
 		}
 		body.Reset()
 	}

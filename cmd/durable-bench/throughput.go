@@ -266,6 +266,10 @@ func (e *env) throughput(ctx context.Context, base baseline, sub string, batch i
 	if profile != "" {
 		e.printf("  CPU profile of this phase written to %s\n", profile)
 	}
+	e.costs = append(e.costs, phaseCost{
+		label: fmt.Sprintf("3%s durable, %d event%s per Send", sub, batch, plural(batch)), unit: "run", n: o.Runs,
+		rate: rate, pgCPU: pgCPU, proc: proc1 - proc0, sd: sd, tr: traced.c, busy: cpuBusy(cpu0, cpu1),
+	})
 	e.summarize(fmt.Sprintf("throughput, %d runs x 3 steps, %d/Send", o.Runs, batch), fmt.Sprintf("%.0f runs/s", rate),
 		fmt.Sprintf(">= %.0f runs/s", target), verdict(rate >= target))
 	return nil
