@@ -162,11 +162,11 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, check fun
 func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.RawMessage, error) {
 	c := rs.c
 	msg := "timed out"
-	tag, err := c.pool.Exec(ctx, c.q.get("ClaimTimeout"), rs.runID, key, msg)
-	if err != nil {
+	var claimed bool
+	if err := c.pool.QueryRow(ctx, c.q.get("ClaimTimeout"), rs.runID, key, msg).Scan(&claimed); err != nil {
 		rs.stop(err)
 	}
-	if tag.RowsAffected() == 1 {
+	if claimed {
 		rs.setMemo(&stepRow{Key: key, Kind: kind, Status: stepTimedOut, Attempts: 1, Error: &msg})
 		return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
 	}

@@ -302,11 +302,15 @@ func (rs *runState) finish(ctx context.Context, res callResult) error {
 		// Goexit without a recorded reason: the user's code called it.
 		res.err = errors.New("durable: the function called runtime.Goexit")
 	}
+	// A run that ends leaves its River job to River's completer, which
+	// completes jobs in batches: the run's own row (committed with its last
+	// step) is what counts, and a job left running by a crash right after
+	// is recovered, finds the run ended and completes.
 	if res.err == nil {
 		if len(res.out) > c.cfg.MaxStepOutput {
 			res.err = NonRetriable(fmt.Errorf("durable: function result is %d bytes, over the %d-byte limit (Config.MaxStepOutput)", len(res.out), c.cfg.MaxStepOutput))
 		} else {
-			err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunCompleted), release: true, output: res.out, jobState: "completed"})
+			err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunCompleted), release: true, output: res.out})
 			return rs.afterFinalCommit(ctx, err)
 		}
 	}
@@ -318,7 +322,7 @@ func (rs *runState) finish(ctx context.Context, res callResult) error {
 		fail = rs.fnAttempts > rs.def.retries()
 	}
 	if fail {
-		err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunFailed), release: true, errText: &msg, jobState: "completed"})
+		err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunFailed), release: true, errText: &msg})
 		return rs.afterFinalCommit(ctx, err)
 	}
 	at, ok := retryTime(res.err)

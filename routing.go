@@ -248,22 +248,13 @@ func (c *Client) deliver(ctx context.Context, tx pgx.Tx, e eventJSON, cands []wa
 				return err
 			}
 		case "wait":
-			var runID string
-			var step *string
-			err := tx.QueryRow(ctx, c.q.get("TakeWait"), k.id).Scan(&runID, &step)
-			if errors.Is(err, pgx.ErrNoRows) {
-				continue // another event took it first
-			}
-			if err != nil {
-				return err
-			}
 			out, err := json.Marshal(e)
 			if err != nil {
 				return err
 			}
-			var delivered bool
-			if err := tx.QueryRow(ctx, c.q.get("Deliver"), runID, deref(step), stepCompleted, out, nil, c.notifyChannel).Scan(&delivered); err != nil {
-				return fmt.Errorf("durable: delivering event to run %s: %w", runID, err)
+			var delivered bool // false: another event, or the timeout, took the wait first
+			if err := tx.QueryRow(ctx, c.q.get("TakeWait"), k.id, k.runID, out, c.notifyChannel).Scan(&delivered); err != nil {
+				return fmt.Errorf("durable: delivering event to run %s: %w", k.runID, err)
 			}
 		}
 	}

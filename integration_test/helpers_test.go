@@ -206,6 +206,7 @@ type proc struct {
 type workerOpts struct {
 	recoverAfter time.Duration
 	maxWorkers   int
+	args         []string // more flags, e.g. "-functions", "race-waiter"
 }
 
 // startWorker starts the worker program on the env's schema. The process is
@@ -223,6 +224,7 @@ func (e *env) startWorker(name string, o workerOpts) *proc {
 		"-recover-after", o.recoverAfter.String(),
 		"-max-workers", fmt.Sprint(o.maxWorkers),
 	)
+	p.cmd.Args = append(p.cmd.Args, o.args...)
 	p.cmd.Stdout = &readyWriter{out: out, ready: p.ready}
 	p.cmd.Stderr = out
 	require.NoError(e.t, p.cmd.Start())

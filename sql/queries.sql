@@ -152,12 +152,7 @@ SELECT pg_advisory_xact_lock_shared(hashtext($1 || ':' || n)) FROM unnest($2::te
 -- name: ClaimTimeout
 -- A waiting step whose timeout passed ends as timed out, unless an event
 -- or a child's result was delivered first (then nothing changes).
-WITH w AS (
-    DELETE FROM {{schema}}.durable_wait WHERE run_id = $1 AND step_key = $2 AND kind = 'wait'
-)
-UPDATE {{schema}}.durable_step SET status = 'timed_out', error = $3, wake_at = NULL, updated_at = now()
-WHERE run_id = $1 AND key = $2 AND status = 'waiting'
-RETURNING 1;
+SELECT {{schema}}.durable_claim_timeout($1, $2, $3);
 
 -- name: GetStep
 SELECT status, output, error, attempts FROM {{schema}}.durable_step WHERE run_id = $1 AND key = $2;
@@ -176,10 +171,7 @@ FROM {{schema}}.durable_wait w
 WHERE w.event_name = $1 AND w.match_path IS NULL AND (w.expires_at IS NULL OR w.expires_at > now());
 
 -- name: TakeWait
-DELETE FROM {{schema}}.durable_wait WHERE id = $1 RETURNING run_id, step_key;
-
--- name: Deliver
-SELECT {{schema}}.durable_deliver($1, $2, $3, $4, $5, $6);
+SELECT {{schema}}.durable_take_wait($1, $2, $3, $4);
 
 -- name: ExpiredRuns
 SELECT id, CASE WHEN status = 'queued' AND start_deadline < now() THEN 'start' ELSE 'finish' END

@@ -11,6 +11,9 @@
 // at-least-once side effect: the table records every execution). The test
 // creates both tables.
 //
+// With -functions it defines other functions instead (or as well): see
+// coordination.go. The default, "crashy", keeps the behaviour above.
+//
 // It prints "ready" on stdout once Start has returned, and on SIGTERM (or
 // SIGINT) calls Stop with a 10 s timeout, then exits 0 (1 if Stop failed).
 package main
@@ -22,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,6 +50,9 @@ func main() {
 		maxWorkers   = flag.Int("max-workers", 0, "Config.MaxWorkers (0: the library's default)")
 		maxConns     = flag.Int("max-conns", 6, "pool size")
 		stepDelay    = flag.Duration("step-delay", 300*time.Millisecond, "how long each StepTx holds its transaction open")
+		functions    = flag.String("functions", "crashy", "comma-separated IDs of the functions to define (crashy, and those of coordination.go)")
+		waitTimeout  = flag.Duration("wait-timeout", time.Second, "WaitOpts.Timeout of tmo-waiter")
+		blockPost    = flag.Bool("block-post-invoke", false, "inv-parent blocks inside its post-invoke StepTx until the process dies")
 	)
 	flag.Parse()
 	if *dbURL == "" || *schema == "" || *name == "" {
@@ -60,6 +67,7 @@ func main() {
 		fatal(logger, "parsing database URL", err)
 	}
 	pcfg.MaxConns = int32(*maxConns)
+	pcfg.ConnConfig.Tracer = txConflictTracer{worker: *name}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		fatal(logger, "connecting", err)
@@ -102,8 +110,20 @@ func main() {
 		return "done", nil
 	})
 
+	available := coordinationFunctions(coordOpts{pool: pool, schema: *schema, worker: *name, waitTimeout: *waitTimeout, blockPostInvoke: *blockPost})
+	available["crashy"] = crashy
+	var fns []durable.Function
+	for _, id := range strings.Split(*functions, ",") {
+		f, ok := available[strings.TrimSpace(id)]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "worker: unknown function %q in -functions\n", id)
+			os.Exit(2)
+		}
+		fns = append(fns, f)
+	}
+
 	client, err := durable.NewClient(pool, &durable.Config{
-		Functions:    []durable.Function{crashy},
+		Functions:    fns,
 		Logger:       logger,
 		MaxWorkers:   *maxWorkers,
 		Schema:       *schema,

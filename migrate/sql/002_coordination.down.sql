@@ -1,3 +1,5 @@
+DROP FUNCTION IF EXISTS {{schema}}.durable_take_wait(bigint, text, jsonb, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_claim_timeout(text, text, text);
 DROP INDEX IF EXISTS {{schema}}.durable_event_name_received_idx;
 ALTER TABLE IF EXISTS {{schema}}.durable_step DROP COLUMN IF EXISTS child_run_id;
 DROP FUNCTION IF EXISTS {{schema}}.durable_end_run(text, text, jsonb, text, text);

@@ -101,6 +101,37 @@ BEGIN
 END;
 $$;
 
+-- durable_take_wait delivers an event to a wait, exactly once: the run,
+-- then the wait, then the step are locked in that order, the order every
+-- path follows (durable_claim_timeout too), so that a delivery and a
+-- timeout racing for the same wait never deadlock.
+CREATE FUNCTION {{schema}}.durable_take_wait(p_wait_id bigint, p_run_id text, p_output jsonb, p_channel text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    step text;
+BEGIN
+    PERFORM 1 FROM {{schema}}.durable_run WHERE id = p_run_id FOR UPDATE;
+    DELETE FROM {{schema}}.durable_wait WHERE id = p_wait_id RETURNING step_key INTO step;
+    IF NOT FOUND THEN
+        RETURN false; -- another event, or the timeout, took it first
+    END IF;
+    RETURN {{schema}}.durable_deliver(p_run_id, step, 'completed', p_output, NULL, p_channel);
+END;
+$$;
+
+-- durable_claim_timeout ends a waiting step whose timeout passed, unless
+-- what it waited for was delivered first; it returns whether it did.
+CREATE FUNCTION {{schema}}.durable_claim_timeout(p_run_id text, p_step text, p_error text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM {{schema}}.durable_run WHERE id = p_run_id FOR UPDATE;
+    DELETE FROM {{schema}}.durable_wait WHERE run_id = p_run_id AND step_key = p_step AND kind = 'wait';
+    UPDATE {{schema}}.durable_step SET status = 'timed_out', error = p_error, wake_at = NULL, updated_at = now()
+    WHERE run_id = p_run_id AND key = p_step AND status = 'waiting';
+    RETURN FOUND;
+END;
+$$;
+
 -- durable_end_run does what every end of a run entails, in the transaction
 -- that ends it: it emits the system events (exactly once: their IDs derive
 -- from the run's), hands a child's result to its waiting parent, and drops
