@@ -29,6 +29,7 @@ type StepError struct {
 	Message  string
 }
 
+// Error describes the step's final failure.
 func (e *StepError) Error() string {
 	return fmt.Sprintf("step %q failed after %d attempt(s): %s", e.StepID, e.Attempts, e.Message)
 }
