@@ -5,12 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgdurable/durable/internal/expr"
 )
+
+// testHookWaitBegan, set by tests only, is called when a wait has begun
+// and before its run suspends.
+var testHookWaitBegan atomic.Value
 
 // Statuses of waiting steps.
 const (
@@ -60,10 +65,18 @@ func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEv
 		}
 	}
 	raw, err := rs.waitingStep(ctx, key, "wait", nil, func(row *stepRow) suspendHook {
-		began := rs.dbTime()
+		// The wait begins now: events committed from here on are its.
+		var snapshot string
+		var began time.Time
+		if err := rs.c.pool.QueryRow(ctx, rs.c.q.get("WaitBegins")).Scan(&snapshot, &began); err != nil {
+			rs.stop(fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
+		}
+		if h, _ := testHookWaitBegan.Load().(func(string, json.RawMessage)); h != nil {
+			h(rs.def.opts.ID, rs.trigger.Data)
+		}
 		wake := *row.WakeAt
 		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
-			return rs.registerWait(ctx, tx, row, opts, began, wake)
+			return rs.registerWait(ctx, tx, row, opts, snapshot, began, wake)
 		}
 	}, opts.Timeout)
 	if err != nil {
@@ -222,15 +235,16 @@ func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, opt
 }
 
 // registerWait stores a wait, in the suspending transaction, unless a
-// matching event arrived since the wait began. Senders of the event name
-// take the same lock (shared), so an event is either committed before this
-// looks (and found here) or sent after the wait is stored (and finds it).
-func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, opts WaitOpts, began, wake time.Time) (bool, error) {
+// matching event was committed since the wait began (its snapshot). Senders
+// of the event name take the same lock (shared), so an event is either
+// committed before this looks (and found here) or sent after the wait is
+// stored (and finds it).
+func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, opts WaitOpts, snapshot string, began, wake time.Time) (bool, error) {
 	c := rs.c
 	if _, err := tx.Exec(ctx, c.q.get("LockEventName"), c.schema, []string{opts.Event}); err != nil {
 		return false, err
 	}
-	rows, err := tx.Query(ctx, c.q.get("EventsSince"), opts.Event, began)
+	rows, err := tx.Query(ctx, c.q.get("EventsSince"), opts.Event, snapshot, began)
 	if err != nil {
 		return false, err
 	}

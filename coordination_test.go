@@ -141,18 +141,27 @@ func TestWaitForEventMatchesAndTimesOut(t *testing.T) {
 func TestWaitForEventSeesEventSentWhileSuspending(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	// The event is sent from inside the run, after the wait began
-	// (step "send" runs in a goroutine just as the wait begins): the wait
-	// must still get it.
+	// The matching event is sent and committed after the wait began and
+	// before the run suspends (from a hook between the two): the wait must
+	// still get it, and an event sent before the wait began must not count.
 	var client *durable.Client
+	durable.SetTestHookWaitBegan(func(functionID string, trigger json.RawMessage) {
+		if functionID != "waiter" {
+			return
+		}
+		var data M
+		_ = json.Unmarshal(trigger, &data)
+		_, err := client.Send(context.Background(), durable.Event{Name: "race/go", Data: M{"key": data["key"], "n": "during"}})
+		require.NoError(t, err)
+	})
 	waiter := durable.NewFunction(durable.FunctionOpts{ID: "waiter", Triggers: []durable.Trigger{{Event: "race/start"}}},
 		func(ctx context.Context, in durable.Input[M]) (string, error) {
-			key := in.Event.Data["key"].(string)
-			if in.Attempt == 0 {
-				go func() {
-					time.Sleep(5 * time.Millisecond) // lands between the wait's start and its suspension
-					_, _ = client.Send(context.Background(), durable.Event{Name: "race/go", Data: M{"key": key}})
-				}()
+			if _, err := durable.Step(ctx, "before", func(ctx context.Context) (int, error) {
+				// Sent before the wait begins: not for the wait.
+				_, err := client.Send(ctx, durable.Event{Name: "race/go", Data: M{"key": in.Event.Data["key"], "n": "before"}})
+				return 0, err
+			}); err != nil {
+				return "", err
 			}
 			ev, err := durable.WaitForEvent[M](ctx, "go", durable.WaitOpts{
 				Event: "race/go", If: "async.data.key == event.data.key", Timeout: time.Minute,
@@ -160,19 +169,19 @@ func TestWaitForEventSeesEventSentWhileSuspending(t *testing.T) {
 			if err != nil {
 				return "", err
 			}
-			return ev.Data["key"].(string), nil
+			return ev.Data["n"].(string), nil
 		})
 	client = b.client(durable.Config{Functions: []durable.Function{waiter}})
 	var evs []durable.Event
-	for i := 0; i < 20; i++ {
+	for i := 0; i < 10; i++ {
 		evs = append(evs, durable.Event{Name: "race/start", Data: M{"key": string(rune('a' + i))}})
 	}
 	ids, err := client.Send(b.ctx, evs...)
 	require.NoError(t, err)
-	for i, id := range ids {
+	for _, id := range ids {
 		run := b.waitRun(client, b.runsFor(client, id, 1)[0].ID, 20*time.Second)
 		require.Equal(t, durable.RunCompleted, run.Status)
-		require.JSONEq(t, `"`+string(rune('a'+i))+`"`, string(run.Output))
+		require.JSONEq(t, `"during"`, string(run.Output))
 	}
 }
 

@@ -138,10 +138,18 @@ SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s), (SELECT count(*) FROM
     (SELECT coalesce(sum(events), 0) FROM e);
 
 -- name: EventsSince
+-- Events of a name committed after the snapshot $2 was taken (when a wait
+-- began): still in progress then, or begun later. received_at only bounds
+-- the index scan (a sending transaction open for more than an hour before
+-- the wait began would be missed).
 SELECT id, name, data, ts FROM {{schema}}.durable_event
-WHERE name = $1 AND received_at >= $2
+WHERE name = $1 AND received_at > $3::timestamptz - interval '1 hour'
+  AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
 ORDER BY received_at, id
 LIMIT 1000;
+
+-- name: WaitBegins
+SELECT pg_current_snapshot()::text, now();
 
 -- name: LockEventName
 SELECT pg_advisory_xact_lock(hashtext($1 || ':' || n)) FROM unnest($2::text[]) AS n ORDER BY n;

@@ -1,3 +1,4 @@
+ALTER TABLE IF EXISTS {{schema}}.durable_event DROP COLUMN IF EXISTS xid;
 DROP FUNCTION IF EXISTS {{schema}}.durable_take_wait(bigint, text, jsonb, text);
 DROP FUNCTION IF EXISTS {{schema}}.durable_claim_timeout(text, text, text);
 DROP INDEX IF EXISTS {{schema}}.durable_event_name_received_idx;

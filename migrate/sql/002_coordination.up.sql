@@ -187,5 +187,8 @@ $$;
 -- The child run an "invoke" step waits for.
 ALTER TABLE {{schema}}.durable_step ADD COLUMN child_run_id text;
 
--- A wait looks for matching events received since it began.
+-- A wait looks for matching events committed since it began: xid is the
+-- inserting transaction's ID, compared with the snapshot taken when the
+-- wait began.
+ALTER TABLE {{schema}}.durable_event ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX durable_event_name_received_idx ON {{schema}}.durable_event (name, received_at);
