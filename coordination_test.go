@@ -278,3 +278,19 @@ func TestTimeoutsAndIdempotency(t *testing.T) {
 	require.Equal(t, 2, n, "one run per key")
 	require.Equal(t, int32(2), runsOfCart.Load())
 }
+
+func TestTimeoutsStartCancelsARunNobodyStarted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	late := durable.NewFunction(durable.FunctionOpts{ID: "late", Timeouts: durable.Timeouts{Start: time.Second}},
+		func(ctx context.Context, in durable.Input[M]) (int, error) { return 1, nil })
+	// ExternalRiver with no River client working the queue: the run stays
+	// queued, while this client's upkeep (which sweeps timeouts) runs.
+	c := b.client(durable.Config{Functions: []durable.Function{late}, ExternalRiver: true})
+	runID, err := c.Invoke(b.ctx, "late", nil)
+	require.NoError(t, err)
+	run := b.waitRun(c, runID, 10*time.Second)
+	require.Equal(t, durable.RunCancelled, run.Status)
+	require.Contains(t, run.Error, "Timeouts.Start")
+	require.Nil(t, run.StartedAt)
+}
