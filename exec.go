@@ -493,6 +493,9 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 			s := pending[0]
 			err = db.QueryRow(ctx, rs.c.q.get("CommitStep"), rs.runID, rs.owner,
 				s.Key, s.Seq, s.Kind, s.Status, s.Attempts, []byte(s.Output), s.Error, s.WakeAt, s.ChildRun).Scan(&runs, &steps)
+			if errors.Is(err, pgx.ErrNoRows) {
+				err, runs = nil, 0
+			}
 		} else {
 			err = db.QueryRow(ctx, rs.c.q.get("CommitSteps"), rs.runID, rs.owner,
 				keys, seqs, kinds, statuses, attempts, outputs, errs, wakes, children).Scan(&runs, &steps)
