@@ -180,3 +180,31 @@ func TestNewClientValidation(t *testing.T) {
 		durable.NewFunction(durable.FunctionOpts{ID: "f", Concurrency: []durable.Concurrency{{Limit: 2}}}, noop)}})
 	require.ErrorIs(t, nsErr, durable.ErrNotSupported)
 }
+
+func TestRunStateLimit(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var failedAt atomic.Value
+	fn := durable.NewFunction(durable.FunctionOpts{ID: "hoarder"},
+		func(ctx context.Context, in durable.Input[M]) (int, error) {
+			for i := 0; ; i++ {
+				_, err := durable.Step(ctx, "chunk", func(ctx context.Context) (string, error) {
+					return strings.Repeat("y", 900), nil
+				})
+				if err != nil {
+					failedAt.Store(err.Error())
+					return i, durable.NonRetriable(err)
+				}
+			}
+		})
+	c := b.client(durable.Config{Functions: []durable.Function{fn}, MaxRunState: 3000})
+	runID, err := c.Invoke(b.ctx, "hoarder", nil)
+	require.NoError(t, err)
+	run := b.waitRun(c, runID, 10*time.Second)
+	require.Equal(t, durable.RunFailed, run.Status)
+	require.Contains(t, failedAt.Load(), `step "chunk:3"`)
+	require.Contains(t, failedAt.Load(), "over the 3000-byte limit (Config.MaxRunState)")
+	require.Len(t, run.Steps, 4)
+	require.Equal(t, "completed", run.Steps[2].Status)
+	require.Equal(t, "failed", run.Steps[3].Status)
+}
