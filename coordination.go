@@ -162,9 +162,10 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, check fun
 	}
 	wake := time.Now().Add(timeout).UTC()
 	row = &stepRow{Key: key, Seq: rs.newSeq(), Kind: kind, Status: stepWaiting, Attempts: 1, WakeAt: &wake}
+	h := hook(row) // outside rs.mu: it may query, and stop the attempt
 	rs.addPending(row)
 	rs.mu.Lock()
-	rs.hooks = append(rs.hooks, hook(row))
+	rs.hooks = append(rs.hooks, h)
 	rs.mu.Unlock()
 	rs.suspendUntil(wake)
 	return nil, nil // not reached

@@ -53,6 +53,7 @@ type loadedRun struct {
 	status     string
 	events     []eventJSON
 	owner      *string
+	epoch      int64
 	fnAttempts int
 	wakeAt     *time.Time
 	lastErr    *string
@@ -71,7 +72,8 @@ type runState struct {
 	runID      string
 	jobID      int64
 	owner      string  // fencing token written by this attempt
-	expected   *string // owner value the next write must find
+	epoch      int64 // the run's fencing version the next full write must find
+	claimed    bool  // this attempt's owner token is in the run row
 	fnAttempts int
 	lastErr    *string
 
@@ -219,7 +221,7 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		runID:      runID,
 		jobID:      job.ID,
 		owner:      attempter + "|" + ids.New()[16:],
-		expected:   lr.owner,
+		epoch:      lr.epoch,
 		fnAttempts: lr.fnAttempts,
 		lastErr:    lr.lastErr,
 		memo:       make(map[string]*stepRow, len(lr.steps)),
@@ -362,13 +364,24 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	hooks := rs.hooks
 	rs.hooks = nil
 	rs.mu.Unlock()
-	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.c.stopping.Load() {
+	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.c.stopping.Load() && !rs.hasWaiting() {
 		if err := rs.commit(ctx, rs.c.pool, p); err != nil {
 			return rs.afterFinalCommit(ctx, err)
 		}
 		return &resumeSoon{at: at}
 	}
 	resumeNow := false
+	// Steps this attempt found waiting may have been delivered while it ran
+	// (parallel goroutines): their wake-up found the job running and did
+	// nothing, so look again under the run's lock.
+	var waiting []string
+	rs.mu.Lock()
+	for k, r := range rs.memo {
+		if r.Status == stepWaiting {
+			waiting = append(waiting, k)
+		}
+	}
+	rs.mu.Unlock()
 	err := pgx.BeginFunc(ctx, rs.c.pool, func(tx pgx.Tx) error {
 		for _, h := range hooks {
 			now, err := h(ctx, tx)
@@ -376,6 +389,16 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 				return err
 			}
 			resumeNow = resumeNow || now
+		}
+		if len(waiting) > 0 && !resumeNow {
+			if _, err := tx.Exec(ctx, rs.c.q.get("LockRun"), rs.runID); err != nil {
+				return err
+			}
+			var delivered int
+			if err := tx.QueryRow(ctx, rs.c.q.get("DeliveredSince"), rs.runID, waiting).Scan(&delivered); err != nil {
+				return err
+			}
+			resumeNow = delivered > 0
 		}
 		if resumeNow {
 			// What the run waits for is already here: record it and go on
@@ -390,14 +413,14 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 			}
 			p.jobState, p.newJobID = "completed", &next.Job.ID
 		}
-		pending, newOwner, err := rs.commitIn(ctx, tx, p)
+		res, err := rs.commitIn(ctx, tx, p)
 		if err != nil {
 			return err
 		}
 		if err := tx.Commit(ctx); err != nil {
 			return err
 		}
-		rs.applyCommit(pending, newOwner)
+		rs.applyCommit(res)
 		return nil
 	})
 	if err != nil {
@@ -408,6 +431,18 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	}
 	rs.c.kickWaker(at)
 	return nil
+}
+
+// hasWaiting reports whether the attempt found steps waiting.
+func (rs *runState) hasWaiting() bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, r := range rs.memo {
+		if r.Status == stepWaiting {
+			return true
+		}
+	}
+	return false
 }
 
 // stopAttempt ends an attempt that must not go on: the run was cancelled,
@@ -457,18 +492,26 @@ type execer interface {
 // when the fence fails. On success through a transaction, the caller must
 // call applyCommit after the transaction commits.
 func (rs *runState) commit(ctx context.Context, db execer, p commitParams) error {
-	pending, newOwner, err := rs.commitIn(ctx, db, p)
+	res, err := rs.commitIn(ctx, db, p)
 	if err != nil {
 		return err
 	}
-	rs.applyCommit(pending, newOwner)
+	rs.applyCommit(res)
 	return nil
 }
 
-func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]*stepRow, *string, error) {
+// commitResult is what a successful commitIn wrote, to apply to the
+// attempt's state once its transaction commits.
+type commitResult struct {
+	pending  []*stepRow
+	newOwner *string
+	full     bool // the run row was written (its epoch bumped)
+}
+
+func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*commitResult, error) {
 	rs.mu.Lock()
 	pending := append([]*stepRow(nil), rs.pending...)
-	expected := rs.expected
+	epoch, claimed := rs.epoch, rs.claimed
 	rs.mu.Unlock()
 	var newOwner *string
 	if !p.release {
@@ -485,7 +528,7 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 		seqs[i], attempts[i], outputs[i], wakes[i], children[i] = int32(s.Seq), int32(s.Attempts), s.Output, s.WakeAt, s.ChildRun
 	}
 	if p.status == string(RunRunning) && !p.release && p.jobState == "" && p.wakeAt == nil &&
-		expected != nil && *expected == rs.owner {
+		claimed {
 		// Mid-attempt: the run is ours already; record the steps only.
 		var runs, steps int
 		var err error
@@ -501,12 +544,12 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 				keys, seqs, kinds, statuses, attempts, outputs, errs, wakes, children).Scan(&runs, &steps)
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
+			return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 		}
 		if runs == 0 {
-			return nil, nil, rs.fenceFailed(ctx)
+			return nil, rs.fenceFailed(ctx)
 		}
-		return pending, newOwner, nil
+		return &commitResult{pending: pending, newOwner: newOwner}, nil
 	}
 	var output any
 	if p.output != nil {
@@ -514,27 +557,31 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) ([]
 	}
 	var runs, steps, jobs, notes, events int
 	err := db.QueryRow(ctx, rs.c.q.get("Commit"),
-		rs.runID, newOwner, expected, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
+		rs.runID, newOwner, epoch, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
 		keys, seqs, kinds, statuses, attempts, outputs, errs, wakes,
 		rs.jobID, p.jobState, nil, rs.c.notifyChannel, rs.c.notifyPayload, p.newJobID, children,
 	).Scan(&runs, &steps, &jobs, &notes, &events)
 	if err != nil {
-		return nil, nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
+		return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 	}
 	if runs == 0 {
-		return nil, nil, rs.fenceFailed(ctx)
+		return nil, rs.fenceFailed(ctx)
 	}
 	if events > 0 {
 		rs.c.kickRouter()
 	}
-	return pending, newOwner, nil
+	return &commitResult{pending: pending, newOwner: newOwner, full: true}, nil
 }
 
 // applyCommit makes committed writes part of the memo.
-func (rs *runState) applyCommit(pending []*stepRow, newOwner *string) {
+func (rs *runState) applyCommit(r *commitResult) {
+	pending, newOwner, fullWrite := r.pending, r.newOwner, r.full
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	rs.expected = newOwner
+	if fullWrite {
+		rs.epoch++
+	}
+	rs.claimed = newOwner != nil
 	for _, s := range pending {
 		rs.memo[s.Key] = s
 	}
@@ -577,7 +624,7 @@ func (c *Client) loadRun(ctx context.Context, runID string) (*loadedRun, error) 
 	lr := &loadedRun{}
 	var events, steps []byte
 	err := c.pool.QueryRow(ctx, c.q.get("LoadRun"), runID, c.cfg.RecoverAfter.Seconds()).Scan(
-		&lr.functionID, &lr.status, &events, &lr.owner, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr, &lr.dbNow,
+		&lr.functionID, &lr.status, &events, &lr.owner, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr, &lr.dbNow,
 		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &steps)
 	if err != nil {
 		return nil, err

@@ -37,6 +37,11 @@ type waitCand struct {
 	runEvent []byte
 }
 
+// maxIndexedLeaves bounds the scalar leaves of an event probed against the
+// waits' index keys (an event is at most MaxEventSize; a wait keyed on a
+// leaf beyond this many is not found by index).
+const maxIndexedLeaves = 5000
+
 // queueMatches queues, on b, the queries that find the triggers and waits
 // of events; readMatches reads their results in the same order.
 func (c *Client) queueMatches(b *pgx.Batch, events []eventJSON) {
@@ -51,7 +56,7 @@ func (c *Client) queueMatches(b *pgx.Batch, events []eventJSON) {
 	b.Queue(c.q.get("MatchTriggers"), names)
 	for _, e := range events {
 		var paths, values []string
-		for p, v := range expr.Leaves(e.asMap(), 200) {
+		for p, v := range expr.Leaves(e.asMap(), maxIndexedLeaves) {
 			paths, values = append(paths, p), append(values, v)
 		}
 		b.Queue(c.q.get("MatchWaits"), e.Name, paths, values)

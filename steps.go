@@ -214,7 +214,7 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 	}
 	rs.pending = append(rs.pending, row)
 	rs.mu.Unlock()
-	pending, newOwner, err := rs.commitIn(ctx, tx, commitParams{status: string(RunRunning)})
+	res, err := rs.commitIn(ctx, tx, commitParams{status: string(RunRunning)})
 	if err != nil {
 		rs.dropPending(row)
 		if errors.Is(err, errRunCancelled) || errors.Is(err, errLeaseLost) {
@@ -226,7 +226,7 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 		rs.dropPending(row)
 		return nil, fmt.Errorf("durable: step %q: commit: %w", key, err)
 	}
-	rs.applyCommit(pending, newOwner)
+	rs.applyCommit(res)
 	rs.mu.Lock()
 	rs.stateBytes += len(out)
 	rs.mu.Unlock()

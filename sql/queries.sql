@@ -23,7 +23,8 @@ SELECT config FROM {{schema}}.durable_function WHERE id = $1;
 INSERT INTO {{schema}}.durable_event (id, name, data, ts)
 SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])
 ON CONFLICT (id) DO UPDATE
-    SET name = excluded.name, data = excluded.data, ts = excluded.ts, received_at = now()
+    SET name = excluded.name, data = excluded.data, ts = excluded.ts, received_at = now(),
+        xid = pg_current_xact_id(), routed = true
     WHERE durable_event.received_at < now() - interval '24 hours'
 RETURNING id;
 
@@ -75,7 +76,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM n);
 SELECT pg_notify($1, $2);
 
 -- name: LoadRun
-SELECT r.function_id, r.status, r.events, r.owner, r.fn_attempts, r.wake_at, r.error, now(),
+SELECT r.function_id, r.status, r.events, r.owner, r.epoch, r.fn_attempts, r.wake_at, r.error, now(),
     r.start_deadline < now() AS start_expired, r.finish_deadline < now() AS finish_expired,
     coalesce(w.heartbeat_at > now() - make_interval(secs => $2::float8), false) AS owner_alive,
     coalesce((
@@ -96,6 +97,7 @@ WHERE r.id = $1;
 WITH r AS (
     UPDATE {{schema}}.durable_run SET
         owner       = $2,
+        epoch       = epoch + 1,
         status      = $4,
         output      = $5,
         error       = $6,
@@ -108,7 +110,7 @@ WITH r AS (
             ELSE coalesce(finish_deadline, now() + finish_timeout) END,
         ended_at    = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN now() END,
         updated_at  = now()
-    WHERE id = $1 AND owner IS NOT DISTINCT FROM $3 AND status IN ('queued', 'running')
+    WHERE id = $1 AND epoch = $3 AND status IN ('queued', 'running')
     RETURNING id
 ), s AS (
     INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
@@ -185,8 +187,21 @@ SELECT {{schema}}.durable_take_wait($1, $2, $3, $4);
 SELECT id, CASE WHEN status = 'queued' AND start_deadline < now() THEN 'start' ELSE 'finish' END
 FROM {{schema}}.durable_run
 WHERE status IN ('queued', 'running')
-  AND ((start_deadline < now() AND status = 'queued') OR finish_deadline < now())
+  AND ((start_deadline < now() AND status = 'queued'
+        -- a first attempt in progress has started, though it records so
+        -- only at its first step boundary
+        AND NOT EXISTS (SELECT 1 FROM {{schema}}.river_job j WHERE j.id = job_id AND j.state = 'running'))
+       OR finish_deadline < now())
 LIMIT 100;
+
+-- name: LockRun
+SELECT 1 FROM {{schema}}.durable_run WHERE id = $1 FOR UPDATE;
+
+-- name: DeliveredSince
+-- Which of the steps this attempt found waiting got their event or child
+-- result meanwhile (the run row is locked by the caller).
+SELECT count(*) FROM {{schema}}.durable_step
+WHERE run_id = $1 AND key = ANY($2::text[]) AND status <> 'waiting';
 
 -- name: CancelCandidates
 SELECT id, events -> 0 FROM {{schema}}.durable_run

@@ -15,6 +15,7 @@ DROP INDEX IF EXISTS {{schema}}.durable_run_finish_deadline_idx;
 DROP INDEX IF EXISTS {{schema}}.durable_run_start_deadline_idx;
 DROP INDEX IF EXISTS {{schema}}.durable_run_parent_idx;
 ALTER TABLE IF EXISTS {{schema}}.durable_run
+    DROP COLUMN IF EXISTS epoch,
     DROP COLUMN IF EXISTS parent_run_id,
     DROP COLUMN IF EXISTS parent_step,
     DROP COLUMN IF EXISTS start_deadline,

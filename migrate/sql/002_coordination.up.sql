@@ -2,6 +2,10 @@
 -- start/finish deadlines, idempotency keys, cron ticks.
 
 ALTER TABLE {{schema}}.durable_run
+    -- The fencing version of the run: every attempt's first write and every
+    -- write that changes the run's state checks and bumps it (the owner
+    -- token alone cannot fence once released to NULL).
+    ADD COLUMN epoch           bigint NOT NULL DEFAULT 0,
     ADD COLUMN parent_run_id   text,
     ADD COLUMN parent_step     text,
     ADD COLUMN start_deadline  timestamptz,
