@@ -71,9 +71,9 @@ type runState struct {
 	def        *funcDef
 	runID      string
 	jobID      int64
-	owner      string  // fencing token written by this attempt
-	epoch      int64 // the run's fencing version the next full write must find
-	claimed    bool  // this attempt's owner token is in the run row
+	owner      string // fencing token written by this attempt
+	epoch      int64  // the run's fencing version the next full write must find
+	claimed    bool   // this attempt's owner token is in the run row
 	fnAttempts int
 	lastErr    *string
 
