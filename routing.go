@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -229,6 +230,10 @@ func (c *Client) deliver(ctx context.Context, tx pgx.Tx, e eventJSON, cands []wa
 		return nil
 	}
 	evMap := e.asMap()
+	// Newest runs first: a child run is newer than its parent, and a
+	// child's end locks the child, then the parent; ending both here in
+	// the same order cannot deadlock with it.
+	sort.Slice(cands, func(i, j int) bool { return cands[i].runID > cands[j].runID })
 	for _, k := range cands {
 		if k.ifExpr != "" {
 			var runEvent eventJSON
