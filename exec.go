@@ -57,7 +57,6 @@ type loadedRun struct {
 	fnAttempts int
 	wakeAt     *time.Time
 	lastErr    *string
-	dbNow      time.Time
 	startLate  *bool
 	finishLate *bool
 	ownerAlive bool
@@ -87,8 +86,6 @@ type runState struct {
 	abort      error
 	replaying  atomic.Bool
 	hooks      []suspendHook // work the suspending transaction must do
-	dbNow      time.Time     // the database's clock when the attempt began...
-	goNow      time.Time     // ...and this process's at the same moment
 	trigger    eventJSON
 }
 
@@ -96,11 +93,6 @@ type runState struct {
 // invocations). It returns true when the run must not suspend after all
 // (what it waits for has already happened).
 type suspendHook func(ctx context.Context, tx pgx.Tx) (resumeNow bool, err error)
-
-// dbTime estimates the database's clock now.
-func (rs *runState) dbTime() time.Time {
-	return rs.dbNow.Add(time.Since(rs.goNow))
-}
 
 type runKey struct{}
 type inStepKey struct{}
@@ -226,8 +218,6 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		lastErr:    lr.lastErr,
 		memo:       make(map[string]*stepRow, len(lr.steps)),
 		counters:   map[string]int{},
-		dbNow:      lr.dbNow,
-		goNow:      time.Now(),
 	}
 	if len(lr.events) > 0 {
 		rs.trigger = lr.events[0]
@@ -614,17 +604,14 @@ func (rs *runState) fenceFailed(ctx context.Context) error {
 	if status == string(RunCancelled) {
 		return errRunCancelled
 	}
-	if status == string(RunCompleted) || status == string(RunFailed) {
-		return errLeaseLost
-	}
-	return errLeaseLost
+	return errLeaseLost // another attempt wrote the run (or ended it)
 }
 
 func (c *Client) loadRun(ctx context.Context, runID string) (*loadedRun, error) {
 	lr := &loadedRun{}
 	var events, steps []byte
 	err := c.pool.QueryRow(ctx, c.q.get("LoadRun"), runID, c.cfg.RecoverAfter.Seconds()).Scan(
-		&lr.functionID, &lr.status, &events, &lr.owner, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr, &lr.dbNow,
+		&lr.functionID, &lr.status, &events, &lr.owner, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,
 		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &steps)
 	if err != nil {
 		return nil, err

@@ -76,7 +76,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM n);
 SELECT pg_notify($1, $2);
 
 -- name: LoadRun
-SELECT r.function_id, r.status, r.events, r.owner, r.epoch, r.fn_attempts, r.wake_at, r.error, now(),
+SELECT r.function_id, r.status, r.events, r.owner, r.epoch, r.fn_attempts, r.wake_at, r.error,
     r.start_deadline < now() AS start_expired, r.finish_deadline < now() AS finish_expired,
     coalesce(w.heartbeat_at > now() - make_interval(secs => $2::float8), false) AS owner_alive,
     coalesce((
