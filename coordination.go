@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,9 +14,9 @@ import (
 	"github.com/pgdurable/durable/internal/expr"
 )
 
-// testHookWaitBegan, set by tests only, is called when a wait has begun
-// and before its run suspends.
-var testHookWaitBegan atomic.Value
+// testHookWaitBegan holds, for tests only, functions (by function ID)
+// called when a wait has begun and before its run suspends.
+var testHookWaitBegan sync.Map
 
 // Statuses of waiting steps.
 const (
@@ -65,14 +66,21 @@ func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEv
 		}
 	}
 	raw, err := rs.waitingStep(ctx, key, "wait", nil, func(row *stepRow) suspendHook {
+		// A wait on an event the library emits (durable/function.*) needs
+		// those events stored from before it begins.
+		if strings.HasPrefix(opts.Event, "durable/") {
+			if err := rs.c.listenName(ctx, opts.Event); err != nil {
+				rs.stop(fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
+			}
+		}
 		// The wait begins now: events committed from here on are its.
 		var snapshot string
 		var began time.Time
 		if err := rs.c.pool.QueryRow(ctx, rs.c.q.get("WaitBegins")).Scan(&snapshot, &began); err != nil {
 			rs.stop(fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
 		}
-		if h, _ := testHookWaitBegan.Load().(func(string, json.RawMessage)); h != nil {
-			h(rs.def.opts.ID, rs.trigger.Data)
+		if h, ok := testHookWaitBegan.Load(rs.def.opts.ID); ok {
+			h.(func(json.RawMessage))(rs.trigger.Data)
 		}
 		wake := *row.WakeAt
 		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
@@ -209,6 +217,25 @@ func (rs *runState) setMemo(row *stepRow) {
 		row.Seq = old.Seq
 	}
 	rs.memo[row.Key] = row
+}
+
+// listenName records, once per name and process, that a wait listens to a
+// system event name, under the name's exclusive lock (see durable_end_run).
+func (c *Client) listenName(ctx context.Context, name string) error {
+	if _, done := c.listened.Load(name); done {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, c.q.get("LockEventName"), c.schema, []string{name}); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, c.q.get("ListenName"), name)
+		return err
+	})
+	if err == nil {
+		c.listened.Store(name, true)
+	}
+	return err
 }
 
 // startChild creates the invoked run, in the suspending transaction.

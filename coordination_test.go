@@ -145,10 +145,7 @@ func TestWaitForEventSeesEventSentWhileSuspending(t *testing.T) {
 	// before the run suspends (from a hook between the two): the wait must
 	// still get it, and an event sent before the wait began must not count.
 	var client *durable.Client
-	durable.SetTestHookWaitBegan(func(functionID string, trigger json.RawMessage) {
-		if functionID != "waiter" {
-			return
-		}
+	durable.SetTestHookWaitBegan("waiter", func(trigger json.RawMessage) {
 		var data M
 		_ = json.Unmarshal(trigger, &data)
 		_, err := client.Send(context.Background(), durable.Event{Name: "race/go", Data: M{"key": data["key"], "n": "during"}})
@@ -293,4 +290,38 @@ func TestTimeoutsStartCancelsARunNobodyStarted(t *testing.T) {
 	require.Equal(t, durable.RunCancelled, run.Status)
 	require.Contains(t, run.Error, "Timeouts.Start")
 	require.Nil(t, run.StartedAt)
+}
+
+func TestWaitForSystemEventOfARunEndingAsTheWaitBegins(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	other := durable.NewFunction(durable.FunctionOpts{ID: "other"},
+		func(ctx context.Context, in durable.Input[M]) (int, error) { return 1, nil })
+	waiter := durable.NewFunction(durable.FunctionOpts{ID: "sys-waiter"},
+		func(ctx context.Context, in durable.Input[M]) (string, error) {
+			ev, err := durable.WaitForEvent[M](ctx, "fin", durable.WaitOpts{
+				Event: "durable/function.finished", If: `async.data.function_id == "other"`, Timeout: 5 * time.Second})
+			if err != nil {
+				return "", err
+			}
+			return ev.Data["run_id"].(string), nil
+		})
+	var c *durable.Client
+	var otherRun string
+	// "other" runs and ends after the wait began, before it is registered.
+	durable.SetTestHookWaitBegan("sys-waiter", func(json.RawMessage) {
+		if otherRun != "" {
+			return
+		}
+		id, err := c.Invoke(context.Background(), "other", nil)
+		require.NoError(t, err)
+		otherRun = id
+		b.waitRun(c, id, 10*time.Second)
+	})
+	c = b.client(durable.Config{Functions: []durable.Function{other, waiter}})
+	id, err := c.Invoke(b.ctx, "sys-waiter", nil)
+	require.NoError(t, err)
+	run := b.waitRun(c, id, 15*time.Second)
+	require.Equal(t, durable.RunCompleted, run.Status, run.Error)
+	require.JSONEq(t, `"`+otherRun+`"`, string(run.Output))
 }

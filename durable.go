@@ -111,6 +111,7 @@ type Client struct {
 	wakeCh    chan time.Time
 	routeCh   chan struct{}
 	notes     notifier
+	listened  sync.Map // system event names this process registered waits on
 }
 
 // NewClient builds a client. It checks every function and option and

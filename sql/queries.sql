@@ -150,6 +150,9 @@ WHERE name = $1 AND received_at > $3::timestamptz - interval '1 hour'
 ORDER BY received_at, id
 LIMIT 1000;
 
+-- name: ListenName
+INSERT INTO {{schema}}.durable_listened_name (name) VALUES ($1) ON CONFLICT DO NOTHING;
+
 -- name: WaitBegins
 SELECT pg_current_snapshot()::text, now();
 

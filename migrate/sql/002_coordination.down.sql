@@ -1,3 +1,4 @@
+DROP TABLE IF EXISTS {{schema}}.durable_listened_name;
 ALTER TABLE IF EXISTS {{schema}}.durable_event DROP COLUMN IF EXISTS xid;
 DROP FUNCTION IF EXISTS {{schema}}.durable_take_wait(bigint, text, jsonb, text);
 DROP FUNCTION IF EXISTS {{schema}}.durable_claim_timeout(text, text, text);

@@ -71,6 +71,13 @@ ALTER TABLE {{schema}}.durable_function ADD COLUMN config jsonb NOT NULL DEFAULT
 ALTER TABLE {{schema}}.durable_event ADD COLUMN routed boolean NOT NULL DEFAULT true;
 CREATE INDEX durable_event_unrouted_idx ON {{schema}}.durable_event (received_at) WHERE NOT routed;
 
+-- System event names some WaitForEvent waited on: from then on those
+-- events are always stored (a waiter registers the name, under the name's
+-- exclusive lock, before its wait begins).
+CREATE TABLE {{schema}}.durable_listened_name (
+    name text PRIMARY KEY
+);
+
 -- durable_deliver completes a waiting step (a wait's event, an invoked
 -- child's result) and wakes its run: the step must still be waiting (a
 -- timeout claimed first wins), and the run's job, scheduled for the
@@ -160,8 +167,16 @@ BEGIN
         data := data || jsonb_build_object('error', coalesce(p_error, p_status));
     END IF;
     -- An event is stored (and routed right after, by any live process) only
-    -- when something listens to it: a trigger, a wait or a cancellation
-    -- listener. Nothing else could ever see it.
+    -- when something listens to it: a trigger, a wait or cancellation
+    -- listener, or a name some WaitForEvent ever waited on (a wait being
+    -- registered may need the event; the shared lock orders this check
+    -- with the waiter's exclusive one, see durable_listened_name).
+    PERFORM pg_advisory_xact_lock_shared(hashtext(split_part(p_channel, '.', 1) || ':durable/function.' || e.suffix))
+    FROM unnest(CASE p_status
+        WHEN 'completed' THEN ARRAY['finished']
+        WHEN 'failed' THEN ARRAY['failed', 'finished']
+        ELSE ARRAY['cancelled'] END) AS e(suffix)
+    ORDER BY e.suffix;
     INSERT INTO {{schema}}.durable_event (id, name, data, ts, routed)
     SELECT p_run_id || '/' || e.suffix, 'durable/function.' || e.suffix, data, now(), false
     FROM unnest(CASE p_status
@@ -170,6 +185,7 @@ BEGIN
         ELSE ARRAY['cancelled'] END) AS e(suffix)
     WHERE EXISTS (SELECT 1 FROM {{schema}}.durable_function_trigger t WHERE t.event_name = 'durable/function.' || e.suffix)
        OR EXISTS (SELECT 1 FROM {{schema}}.durable_wait w WHERE w.event_name = 'durable/function.' || e.suffix)
+       OR EXISTS (SELECT 1 FROM {{schema}}.durable_listened_name l WHERE l.name = 'durable/function.' || e.suffix)
     ON CONFLICT (id) DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
 
