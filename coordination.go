@@ -240,24 +240,12 @@ func (c *Client) listenName(ctx context.Context, name string) error {
 
 // startChild creates the invoked run, in the suspending transaction.
 func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, opts InvokeOpts) error {
-	c := rs.c
-	cfg, err := c.functionConfig(ctx, tx, opts.Function)
+	id, err := rs.c.invokeTx(ctx, tx, opts.Function, opts.Data, rs.runID, row.Key, true)
 	if err != nil {
 		return fmt.Errorf("durable: invoke %q of %q: %w", row.Key, opts.Function, err)
 	}
-	ev, err := prepareEvent(Event{Name: EventFunctionInvoked, Data: opts.Data}, 0, c.cfg.MaxEventSize)
-	if err != nil {
-		return fmt.Errorf("durable: invoke %q: %w", row.Key, err)
-	}
-	ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: opts.Function, cfg: cfg, events: []eventJSON{ev}, parentRunID: rs.runID, parentStep: row.Key}}, true)
-	if err != nil {
-		return err
-	}
-	if ids[0] == "" {
-		return fmt.Errorf("durable: invoke %q: a run of %q with the same idempotency key exists", row.Key, opts.Function)
-	}
 	rs.mu.Lock()
-	row.ChildRun = &ids[0]
+	row.ChildRun = &id
 	rs.mu.Unlock()
 	return nil
 }
@@ -375,16 +363,16 @@ func (c *Client) CancelMany(ctx context.Context, filter CancelFilter) (int, erro
 				continue
 			}
 		}
-		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-			jobID, err := c.cancelRun(ctx, tx, k.id, "cancelled")
-			if err != nil {
-				return err
-			}
-			n++
-			return c.cancelJob(ctx, tx, jobID)
+		var cancelled bool
+		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
+			cancelled, err = c.cancelRun(ctx, tx, k.id, "cancelled")
+			return err
 		})
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		if err != nil {
 			return n, fmt.Errorf("durable: CancelMany: %w", err)
+		}
+		if cancelled {
+			n++
 		}
 	}
 	return n, nil

@@ -172,9 +172,6 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		}
 		if err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
 			_, err := c.cancelRun(ctx, tx, runID, reason)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil
-			}
 			return err
 		}); err != nil {
 			return err
@@ -401,7 +398,7 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 			if err != nil {
 				return fmt.Errorf("durable: run %s: inserting continuation job: %w", rs.runID, err)
 			}
-			p.jobState, p.newJobID = "completed", &next.Job.ID
+			p.completeJob, p.newJobID = true, &next.Job.ID
 		}
 		res, err := rs.commitIn(ctx, tx, p)
 		if err != nil {
@@ -464,13 +461,13 @@ func (rs *runState) stopAttempt(ctx context.Context, reason error) error {
 // commitParams say what one fenced write does besides recording the
 // pending steps.
 type commitParams struct {
-	status   string
-	release  bool // the attempt ends: clear the owner
-	output   json.RawMessage
-	errText  *string
-	wakeAt   *time.Time
-	jobState string // "" or "completed"
-	newJobID *int64 // the job that continues a suspended run
+	status      string
+	release     bool // the attempt ends: clear the owner
+	output      json.RawMessage
+	errText     *string
+	wakeAt      *time.Time
+	completeJob bool   // a suspension: this attempt's job is done...
+	newJobID    *int64 // ...and this job continues the run
 }
 
 type execer interface {
@@ -517,7 +514,7 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 		keys[i], kinds[i], statuses[i], errs[i] = s.Key, s.Kind, s.Status, s.Error
 		seqs[i], attempts[i], outputs[i], wakes[i], children[i] = int32(s.Seq), int32(s.Attempts), s.Output, s.WakeAt, s.ChildRun
 	}
-	if p.status == string(RunRunning) && !p.release && p.jobState == "" && p.wakeAt == nil &&
+	if p.status == string(RunRunning) && !p.release && !p.completeJob && p.wakeAt == nil &&
 		claimed {
 		// Mid-attempt: the run is ours already; record the steps only.
 		var runs, steps int
@@ -545,12 +542,12 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 	if p.output != nil {
 		output = p.output
 	}
-	var runs, steps, jobs, notes, events int
+	var runs, jobs, events int
 	err := db.QueryRow(ctx, rs.c.q.get("Commit"),
 		rs.runID, newOwner, epoch, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
 		keys, seqs, kinds, statuses, attempts, outputs, errs, wakes,
-		rs.jobID, p.jobState, nil, rs.c.notifyChannel, rs.c.notifyPayload, p.newJobID, children,
-	).Scan(&runs, &steps, &jobs, &notes, &events)
+		rs.jobID, p.completeJob, rs.c.notifyChannel, p.newJobID, children,
+	).Scan(&runs, &jobs, &events)
 	if err != nil {
 		return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 	}

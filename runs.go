@@ -133,50 +133,47 @@ func (c *Client) RunsForEvent(ctx context.Context, eventID string) ([]*Run, erro
 // unknown run is an error wrapping [ErrRunNotFound].
 func (c *Client) Cancel(ctx context.Context, runID string) error {
 	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		jobID, err := c.cancelRun(ctx, tx, runID, "cancelled")
-		if errors.Is(err, pgx.ErrNoRows) {
-			var exists bool
-			if err := tx.QueryRow(ctx, c.q.get("RunExists"), runID).Scan(&exists); err != nil {
-				return err
-			}
-			if !exists {
-				return fmt.Errorf("durable: Cancel %q: %w", runID, ErrRunNotFound)
-			}
-			return nil
-		}
+		cancelled, err := c.cancelRun(ctx, tx, runID, "cancelled")
 		if err != nil {
 			return fmt.Errorf("durable: Cancel: %w", err)
 		}
-		return c.cancelJob(ctx, tx, jobID)
+		if cancelled {
+			return nil
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, c.q.get("RunExists"), runID).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			return fmt.Errorf("durable: Cancel %q: %w", runID, ErrRunNotFound)
+		}
+		return nil
 	})
 }
 
-// cancelJob cancels a cancelled run's River job: at once when it waits in
-// the queue; a running one has its context cancelled.
-func (c *Client) cancelJob(ctx context.Context, tx pgx.Tx, jobID *int64) error {
-	if jobID == nil {
-		return nil
-	}
-	if _, err := c.river.JobCancelTx(ctx, tx, *jobID); err != nil && !errors.Is(err, pgx.ErrNoRows) && !errors.Is(err, river.ErrNotFound) {
-		return fmt.Errorf("durable: cancelling job %d: %w", *jobID, err)
-	}
-	return nil
-}
-
-// cancelRun cancels a live run in tx (emitting durable/function.cancelled
-// and telling a waiting parent) and returns its current job; pgx.ErrNoRows
-// when the run is not live.
-func (c *Client) cancelRun(ctx context.Context, tx pgx.Tx, runID, reason string) (*int64, error) {
+// cancelRun cancels a live run in tx (emitting durable/function.cancelled,
+// telling a waiting parent) and its River job: at once when the job waits
+// in the queue, by cancelling its context when it runs. It reports false
+// for a run that is not live.
+func (c *Client) cancelRun(ctx context.Context, tx pgx.Tx, runID, reason string) (bool, error) {
 	var jobID *int64
 	var events int
 	err := tx.QueryRow(ctx, c.q.get("CancelRun"), runID, reason, c.notifyChannel).Scan(&jobID, &events)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	if events > 0 {
 		c.kickRouter()
 	}
-	return jobID, nil
+	if jobID != nil {
+		if _, err := c.river.JobCancelTx(ctx, tx, *jobID); err != nil && !errors.Is(err, pgx.ErrNoRows) && !errors.Is(err, river.ErrNotFound) {
+			return false, fmt.Errorf("durable: cancelling job %d: %w", *jobID, err)
+		}
+	}
+	return true, nil
 }
 
 func scanRun(row pgx.Row) (*Run, error) {

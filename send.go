@@ -198,30 +198,38 @@ func (c *Client) indexKey(ifExpr string, runEvent eventJSON) (*string, *string) 
 // "durable/function.invoked"). The function may live in another process; an
 // ID no process has registered is an error wrapping [ErrFunctionNotFound].
 func (c *Client) Invoke(ctx context.Context, functionID string, data any) (string, error) {
-	cfg, err := c.functionConfig(ctx, c.pool, functionID)
+	var runID string
+	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
+		runID, err = c.invokeTx(ctx, tx, functionID, data, "", "", false)
+		return err
+	})
 	if err != nil {
 		return "", fmt.Errorf("durable: Invoke %q: %w", functionID, err)
+	}
+	c.notifyProducers(ctx)
+	return runID, nil
+}
+
+// invokeTx starts a run of functionID in tx, with data as its
+// "durable/function.invoked" event, as the child of parentRun's step
+// parentStep when they are set.
+func (c *Client) invokeTx(ctx context.Context, tx pgx.Tx, functionID string, data any, parentRun, parentStep string, notifyInTx bool) (string, error) {
+	cfg, err := c.functionConfig(ctx, tx, functionID)
+	if err != nil {
+		return "", err
 	}
 	ev, err := prepareEvent(Event{Name: EventFunctionInvoked, Data: data}, 0, c.cfg.MaxEventSize)
 	if err != nil {
-		return "", fmt.Errorf("durable: Invoke %q: %w", functionID, err)
+		return "", err
 	}
-	var runID string
-	err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []eventJSON{ev}}}, false)
-		if err != nil {
-			return err
-		}
-		runID = ids[0]
-		if runID == "" {
-			return fmt.Errorf("durable: Invoke %q: a run with the same idempotency key exists", functionID)
-		}
-		return nil
-	})
-	if err == nil {
-		c.notifyProducers(ctx)
+	ids, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []eventJSON{ev}, parentRunID: parentRun, parentStep: parentStep}}, notifyInTx)
+	if err != nil {
+		return "", err
 	}
-	return runID, err
+	if ids[0] == "" {
+		return "", fmt.Errorf("a run of %q with the same idempotency key exists", functionID)
+	}
+	return ids[0], nil
 }
 
 // functionConfig returns a function's stored settings, or an error

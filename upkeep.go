@@ -2,7 +2,6 @@ package durable
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"os"
 	"time"
@@ -192,13 +191,10 @@ func (c *Client) expireRuns(ctx context.Context) error {
 			reason = "timed out: not finished within Timeouts.Finish"
 		}
 		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-			jobID, err := c.cancelRun(ctx, tx, r.id, reason)
-			if err != nil {
-				return err
-			}
-			return c.cancelJob(ctx, tx, jobID)
+			_, err := c.cancelRun(ctx, tx, r.id, reason)
+			return err
 		})
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		if err != nil {
 			return err
 		}
 	}

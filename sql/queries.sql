@@ -90,10 +90,12 @@ LEFT JOIN {{schema}}.durable_worker w ON w.id = split_part(r.owner, '|', 1)
 WHERE r.id = $1;
 
 -- name: Commit
--- The one write of an attempt: fenced on the run's owner token and live
--- status, it records steps, moves the run and completes its River job (a
--- suspended run continues in a new job, $22, inserted in the same
--- transaction), all in one statement (one commit, or part of a StepTx's).
+-- The fenced write of an attempt's claim, suspension or end: checked and
+-- bumped on the run's epoch, it records steps and moves the run; a
+-- suspension ($18) also completes the attempt's River job, the run
+-- continuing in a new job ($20) inserted in the same transaction; an end
+-- does what ends entail (durable_end_run). One statement: one commit, or
+-- part of a StepTx's.
 WITH r AS (
     UPDATE {{schema}}.durable_run SET
         owner       = $2,
@@ -103,7 +105,7 @@ WITH r AS (
         error       = $6,
         fn_attempts = $7,
         wake_at     = $8,
-        job_id      = coalesce($22, job_id),
+        job_id      = coalesce($20, job_id),
         started_at  = coalesce(started_at, now()),
         start_deadline = NULL,
         finish_deadline = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN NULL
@@ -115,7 +117,7 @@ WITH r AS (
 ), s AS (
     INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
     SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child
-    FROM r, unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::int[], $14::jsonb[], $15::text[], $16::timestamptz[], $23::text[])
+    FROM r, unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::int[], $14::jsonb[], $15::text[], $16::timestamptz[], $21::text[])
         AS u(key, seq, kind, status, attempts, output, error, wake_at, child)
     ON CONFLICT (run_id, key) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts, output = excluded.output,
@@ -123,21 +125,14 @@ WITH r AS (
         updated_at = now()
     RETURNING 1
 ), j AS (
-    UPDATE {{schema}}.river_job SET
-        state        = $18::text::{{schema}}.river_job_state,
-        scheduled_at = coalesce($19, scheduled_at),
-        attempt      = CASE WHEN $18 IN ('scheduled', 'available') THEN greatest(attempt - 1, 0) ELSE attempt END,
-        finalized_at = CASE WHEN $18 IN ('completed', 'cancelled', 'discarded') THEN now() END
-    WHERE id = $17 AND $18 <> '' AND EXISTS (SELECT 1 FROM r)
+    UPDATE {{schema}}.river_job SET state = 'completed', finalized_at = now()
+    WHERE id = $17 AND $18::boolean AND EXISTS (SELECT 1 FROM r)
     RETURNING 1
-), n AS (
-    SELECT pg_notify($20, $21) WHERE $18 = 'available' AND EXISTS (SELECT 1 FROM r)
 ), e AS (
-    SELECT {{schema}}.durable_end_run(r.id, $4, $5, $6, $20) AS events
+    SELECT {{schema}}.durable_end_run(r.id, $4, $5, $6, $19) AS events
     FROM r WHERE $4 IN ('completed', 'failed')
 )
-SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s), (SELECT count(*) FROM j), (SELECT count(*) FROM n),
-    (SELECT coalesce(sum(events), 0) FROM e);
+SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM j), (SELECT coalesce(sum(events), 0) FROM e);
 
 -- name: EventsSince
 -- Events of a name committed after the snapshot $2 was taken (when a wait
