@@ -13,6 +13,9 @@ type funcConfig struct {
 	CancelOn    []cancelOnConfig `json:"cancel_on,omitempty"`
 	StartMS     int64            `json:"start_timeout_ms,omitempty"`
 	FinishMS    int64            `json:"finish_timeout_ms,omitempty"`
+	// System marks a function only the library triggers (an OnFailure
+	// handler): Invoke refuses it.
+	System bool `json:"system,omitempty"`
 }
 
 type cancelOnConfig struct {
@@ -26,6 +29,7 @@ func (d *funcDef) config() funcConfig {
 		Idempotency: d.opts.Idempotency,
 		StartMS:     d.opts.Timeouts.Start.Milliseconds(),
 		FinishMS:    d.opts.Timeouts.Finish.Milliseconds(),
+		System:      d.system,
 	}
 	for _, c := range d.opts.CancelOn {
 		cfg.CancelOn = append(cfg.CancelOn, cancelOnConfig{Event: c.Event, If: c.If, TimeoutMS: c.Timeout.Milliseconds()})

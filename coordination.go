@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgdurable/durable/internal/expr"
 )
@@ -70,22 +71,22 @@ func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEv
 		// those events stored from before it begins.
 		if strings.HasPrefix(opts.Event, "durable/") {
 			if err := rs.c.listenName(ctx, opts.Event); err != nil {
-				rs.stop(fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
+				rs.stop(ctx, fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
 			}
 		}
 		// The wait begins now: events committed from here on are its.
 		var snapshot string
 		var began time.Time
 		if err := rs.c.pool.QueryRow(ctx, rs.c.q.get("WaitBegins")).Scan(&snapshot, &began); err != nil {
-			rs.stop(fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
+			rs.stop(ctx, fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
 		}
 		if h, ok := testHookWaitBegan.Load(rs.def.opts.ID); ok {
 			h.(func(json.RawMessage))(rs.trigger.Data)
 		}
 		wake := *row.WakeAt
-		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
+		return suspendHook{row: row, fn: func(ctx context.Context, tx pgx.Tx) (bool, error) {
 			return rs.registerWait(ctx, tx, row, opts, snapshot, began, wake)
-		}
+		}}
 	}, opts.Timeout)
 	if err != nil {
 		return zero, err
@@ -121,15 +122,23 @@ func Invoke[T any](ctx context.Context, id string, opts InvokeOpts) (T, error) {
 		if opts.Function == "" {
 			return NonRetriable(fmt.Errorf("durable: Invoke %q: InvokeOpts.Function is required", key))
 		}
-		if _, err := rs.c.functionConfig(ctx, rs.c.pool, opts.Function); err != nil {
+		cfg, err := rs.c.functionConfig(ctx, rs.c.pool, opts.Function)
+		if err == nil && cfg.System {
+			return NonRetriable(fmt.Errorf("durable: Invoke %q: %w", key, reservedFunction(opts.Function)))
+		}
+		if err != nil {
+			if errors.Is(err, ErrFunctionNotFound) {
+				// Retrying cannot make the function exist: fail now.
+				return NonRetriable(fmt.Errorf("durable: Invoke %q of %q: %w", key, opts.Function, err))
+			}
 			return fmt.Errorf("durable: Invoke %q of %q: %w", key, opts.Function, err)
 		}
 		return nil
 	}
 	raw, err := rs.waitingStep(ctx, key, "invoke", check, func(row *stepRow) suspendHook {
-		return func(ctx context.Context, tx pgx.Tx) (bool, error) {
+		return suspendHook{row: row, fn: func(ctx context.Context, tx pgx.Tx) (bool, error) {
 			return false, rs.startChild(ctx, tx, row, opts)
-		}
+		}}
 	}, timeout)
 	if err != nil {
 		return zero, err
@@ -150,12 +159,12 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, check fun
 		case stepCompleted:
 			return row.Output, nil
 		case stepFailed:
-			return nil, &StepError{StepID: key, Attempts: max(row.Attempts, 1), Message: deref(row.Error)}
+			return nil, &StepError{StepID: key, Attempts: max(row.Attempts, 1), Message: stepMessage(deref(row.Error))}
 		case stepTimedOut:
 			return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
 		case stepWaiting:
 			if row.WakeAt != nil && time.Until(*row.WakeAt) > 0 {
-				rs.suspendUntil(*row.WakeAt)
+				rs.exit(suspendOutcome(*row.WakeAt))
 			}
 			return rs.claimTimeout(ctx, key, kind)
 		}
@@ -175,7 +184,7 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, check fun
 	rs.mu.Lock()
 	rs.hooks = append(rs.hooks, h)
 	rs.mu.Unlock()
-	rs.suspendUntil(wake)
+	rs.exit(suspendOutcome(wake))
 	return nil, nil // not reached
 }
 
@@ -186,7 +195,7 @@ func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.Ra
 	msg := "timed out"
 	var claimed bool
 	if err := c.pool.QueryRow(ctx, c.q.get("ClaimTimeout"), rs.runID, key, msg).Scan(&claimed); err != nil {
-		rs.stop(err)
+		rs.stop(ctx, err)
 	}
 	if claimed {
 		rs.setMemo(&stepRow{Key: key, Kind: kind, Status: stepTimedOut, Attempts: 1, Error: &msg})
@@ -197,7 +206,7 @@ func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.Ra
 	var errText *string
 	var attempts int
 	if err := c.pool.QueryRow(ctx, c.q.get("GetStep"), rs.runID, key).Scan(&status, &out, &errText, &attempts); err != nil {
-		rs.stop(err)
+		rs.stop(ctx, err)
 	}
 	rs.setMemo(&stepRow{Key: key, Kind: kind, Status: status, Attempts: attempts, Output: out, Error: errText})
 	switch status {
@@ -206,7 +215,7 @@ func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.Ra
 	case stepTimedOut:
 		return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
 	default:
-		return nil, &StepError{StepID: key, Attempts: max(attempts, 1), Message: deref(errText)}
+		return nil, &StepError{StepID: key, Attempts: max(attempts, 1), Message: stepMessage(deref(errText))}
 	}
 }
 
@@ -242,7 +251,14 @@ func (c *Client) listenName(ctx context.Context, name string) error {
 func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, opts InvokeOpts) error {
 	id, err := rs.c.invokeTx(ctx, tx, opts.Function, opts.Data, rs.runID, row.Key, true)
 	if err != nil {
-		return fmt.Errorf("durable: invoke %q of %q: %w", row.Key, opts.Function, err)
+		err = fmt.Errorf("durable: invoke %q of %q: could not start the run: %w", row.Key, opts.Function, err)
+		var pg *pgconn.PgError
+		if !errors.As(err, &pg) && ctx.Err() == nil && !isConnError(err) {
+			// The library's own refusal (an idempotency key taken, an
+			// unknown function, data too large): the step fails.
+			return &stepFailure{err: err}
+		}
+		return err
 	}
 	rs.mu.Lock()
 	row.ChildRun = &id
@@ -260,31 +276,54 @@ func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, o
 	if _, err := tx.Exec(ctx, c.q.get("LockEventName"), c.schema, []string{opts.Event}); err != nil {
 		return false, err
 	}
-	rows, err := tx.Query(ctx, c.q.get("EventsSince"), opts.Event, snapshot, began)
-	if err != nil {
-		return false, err
-	}
-	events, err := pgx.CollectRows(rows, scanEvent)
-	if err != nil {
-		return false, err
-	}
+	// The events since the wait began, a page at a time (keyset on
+	// (received_at, id)) until one matches: however many others came
+	// first, none is skipped, and no query reads more than a page. The
+	// pages are stable: senders of the name wait for the lock held here.
+	// Rows are read one by one, so only the match is kept.
+	const page = 1000
 	trigger := rs.trigger.asMap()
-	for _, e := range events {
-		ok := true
-		if opts.If != "" {
-			if ok, err = c.evalWait(opts.If, trigger, e.asMap()); err != nil {
-				ok = false
-			}
+	afterAt, afterID := began.Add(-time.Hour), ""
+	for {
+		rows, err := tx.Query(ctx, c.q.get("EventsSince"), opts.Event, snapshot, began, afterAt, afterID, page)
+		if err != nil {
+			return false, err
 		}
-		if ok {
-			out, err := json.Marshal(e)
-			if err != nil {
+		n := 0
+		var out []byte
+		for rows.Next() {
+			var e eventJSON
+			if err := rows.Scan(&e.ID, &e.Name, &e.Data, &e.TS, &afterAt); err != nil {
+				rows.Close()
 				return false, err
 			}
+			n, afterID = n+1, e.ID
+			ok := true
+			if opts.If != "" {
+				if ok, err = c.evalWait(opts.If, trigger, e.asMap()); err != nil {
+					ok = false
+				}
+			}
+			if ok {
+				if out, err = json.Marshal(e); err != nil {
+					rows.Close()
+					return false, err
+				}
+				break
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return false, err
+		}
+		if out != nil {
 			rs.mu.Lock()
 			row.Status, row.Output, row.WakeAt = stepCompleted, out, nil
 			rs.mu.Unlock()
 			return true, nil
+		}
+		if n < page {
+			break // no more events
 		}
 	}
 	var w waitRows
@@ -336,46 +375,62 @@ func (c *Client) CancelMany(ctx context.Context, filter CancelFilter) (int, erro
 	if !filter.StartedBefore.IsZero() {
 		before = &filter.StartedBefore
 	}
-	rows, err := c.pool.Query(ctx, c.q.get("CancelCandidates"), filter.FunctionID, after, before)
-	if err != nil {
-		return 0, fmt.Errorf("durable: CancelMany: %w", err)
-	}
-	type cand struct {
-		id string
-		ev []byte
-	}
-	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
-		var k cand
-		err := row.Scan(&k.id, &k.ev)
-		return k, err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("durable: CancelMany: %w", err)
-	}
+	// The candidates a batch at a time, keyed on (created_at, id): memory
+	// and each query stay bounded however many runs match, and a run the
+	// filter rejects is read once, not again by every later batch. Each
+	// run is cancelled in its own transaction, as by Cancel.
+	batch := int(cancelBatch.Load())
+	afterAt, afterID := time.Time{}, "" // before every run
 	n := 0
-	for _, k := range cands {
-		if prog != nil {
-			var ev eventJSON
-			if json.Unmarshal(k.ev, &ev) != nil {
-				continue
-			}
-			if ok, err := prog.Bool(ev.asMap(), nil); err != nil || !ok {
-				continue
-			}
+	for {
+		rows, err := c.pool.Query(ctx, c.q.get("CancelCandidates"), filter.FunctionID, after, before, afterAt, afterID, batch)
+		if err != nil {
+			return n, fmt.Errorf("durable: CancelMany: %w", err)
 		}
-		var cancelled bool
-		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
-			cancelled, err = c.cancelRun(ctx, tx, k.id, "cancelled")
-			return err
+		type cand struct {
+			id string
+			ev []byte
+			at time.Time
+		}
+		cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
+			var k cand
+			err := row.Scan(&k.id, &k.ev, &k.at)
+			return k, err
 		})
 		if err != nil {
 			return n, fmt.Errorf("durable: CancelMany: %w", err)
 		}
-		if cancelled {
-			n++
+		if h := testHookCancelBatch.Load(); h != nil && *h != nil {
+			(*h)(len(cands))
 		}
+		for _, k := range cands {
+			if prog != nil {
+				var ev eventJSON
+				if json.Unmarshal(k.ev, &ev) != nil {
+					continue
+				}
+				if ok, err := prog.Bool(ev.asMap(), nil); err != nil || !ok {
+					continue
+				}
+			}
+			var cancelled bool
+			err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
+				cancelled, err = c.cancelRun(ctx, tx, k.id, "cancelled")
+				return err
+			})
+			if err != nil {
+				return n, fmt.Errorf("durable: CancelMany: %w", err)
+			}
+			if cancelled {
+				n++
+			}
+		}
+		if len(cands) < batch {
+			return n, nil
+		}
+		last := cands[len(cands)-1]
+		afterAt, afterID = last.at, last.id
 	}
-	return n, nil
 }
 
 // SendEvent sends events exactly once per run, as a step: the events are

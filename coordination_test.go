@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgdurable/durable"
@@ -117,10 +118,11 @@ func TestWaitForEventMatchesAndTimesOut(t *testing.T) {
 	require.NoError(t, err)
 	r1 := b.runsFor(c, ids[0], 1)[0]
 	r2 := b.runsFor(c, ids[1], 1)[0]
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		run, err := c.GetRun(b.ctx, r1.ID)
-		require.NoError(t, err)
-		return len(run.Steps) == 1 && run.Steps[0].Status == "waiting"
+		require.NoError(ct, err)
+		require.Len(ct, run.Steps, 1)
+		assert.Equal(ct, "waiting", run.Steps[0].Status)
 	}, 5*time.Second, 10*time.Millisecond)
 
 	start := time.Now()
@@ -227,7 +229,7 @@ func TestCancelOnEventAndSystemEvents(t *testing.T) {
 	var n int
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+b.schema+".durable_event WHERE id = $1", r1.ID+"/cancelled").Scan(&n))
 	require.Equal(t, 1, n)
-	time.Sleep(200 * time.Millisecond)
+	require.Never(t, func() bool { return cleanups.Load() != 1 }, 200*time.Millisecond, 10*time.Millisecond, "one cleanup run per cancellation")
 	require.Equal(t, int32(1), cleanups.Load(), "one cleanup run per cancellation")
 
 	// CancelMany with a filter.

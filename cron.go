@@ -78,9 +78,13 @@ func (c *Client) cronJobs() []cronJob {
 // that has the function runs this loop; the durable_cron_tick primary key
 // makes exactly one of them start each tick's run, so a restart or
 // several processes never fire a tick twice. A tick missed by less than a
-// minute (a restart across it) is still fired.
+// minute (a restart across it) is still fired. A tick that fails (the
+// database is down, say) is retried after a backoff, 1s doubling to a
+// minute, per trigger.
 func (c *Client) cronLoop(ctx context.Context, jobs []cronJob) {
 	next := make([]time.Time, len(jobs))
+	fails := make([]int, len(jobs))         // failures of next[i] in a row
+	retryAt := make([]time.Time, len(jobs)) // when next[i] may be tried again
 	now := time.Now()
 	for i, j := range jobs {
 		// Start from the latest tick of the past minute, if any (fired
@@ -95,15 +99,22 @@ func (c *Client) cronLoop(ctx context.Context, jobs []cronJob) {
 		}
 		next[i] = t
 	}
+	// A trigger is due at its tick, or after its backoff while it fails.
+	due := func(i int) time.Time {
+		if retryAt[i].After(next[i]) {
+			return retryAt[i]
+		}
+		return next[i]
+	}
 	for {
 		soonest := 0
 		for i := range next {
-			if next[i].Before(next[soonest]) {
+			if due(i).Before(due(soonest)) {
 				soonest = i
 			}
 		}
 		// A little jitter spreads the processes' inserts.
-		wait := time.Until(next[soonest]) + time.Duration(rand.Int64N(int64(20*time.Millisecond)))
+		wait := time.Until(due(soonest)) + time.Duration(rand.Int64N(int64(20*time.Millisecond)))
 		select {
 		case <-ctx.Done():
 			return
@@ -111,10 +122,21 @@ func (c *Client) cronLoop(ctx context.Context, jobs []cronJob) {
 		}
 		j := jobs[soonest]
 		tick := next[soonest]
-		if err := c.fireTick(ctx, j, tick); err != nil && ctx.Err() == nil {
-			c.logger.WarnContext(ctx, "durable: cron tick failed", "function_id", j.fn.opts.ID, "tick", tick, "error", err)
-			continue // try the same tick again
+		if err := c.fireTick(ctx, j, tick); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// Try the same tick again, later: retrying at once would
+			// hammer a failing database (and flood the log) from every
+			// process.
+			fails[soonest]++
+			backoff := cronBackoff(fails[soonest])
+			retryAt[soonest] = time.Now().Add(backoff)
+			c.logger.WarnContext(ctx, "durable: cron tick failed", "function_id", j.fn.opts.ID, "tick", tick,
+				"retry_in", backoff, "error", err)
+			continue
 		}
+		fails[soonest], retryAt[soonest] = 0, time.Time{}
 		next[soonest] = j.sched.next(tick)
 	}
 }

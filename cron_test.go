@@ -38,7 +38,17 @@ func TestCronWithThreeClientsFiresEachTickOnce(t *testing.T) {
 		defer mu.Unlock()
 		return len(ticks) >= 3
 	}, 10*time.Second, 20*time.Millisecond)
-	time.Sleep(300 * time.Millisecond) // let any duplicate of the last tick show up
+	// Let any duplicate of the last tick show up.
+	require.Never(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, n := range ticks {
+			if n != 1 {
+				return true
+			}
+		}
+		return false
+	}, 300*time.Millisecond, 20*time.Millisecond, "a tick fired more than once")
 	mu.Lock()
 	defer mu.Unlock()
 	for tick, n := range ticks {
@@ -98,7 +108,11 @@ func TestOnFailureRunsOncePerFailedRun(t *testing.T) {
 		defer mu.Unlock()
 		return len(got) == 1
 	}, 10*time.Second, 10*time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
+	require.Never(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) != 1
+	}, 200*time.Millisecond, 10*time.Millisecond, "OnFailure ran more than once")
 	mu.Lock()
 	defer mu.Unlock()
 	require.Len(t, got, 1)

@@ -110,6 +110,8 @@ type Client struct {
 	activeN   atomic.Int64
 	wakeCh    chan time.Time
 	routeCh   chan struct{}
+	abandon   chan struct{} // closed when Stop's deadline passes: attempts still in user code are abandoned
+	unmatched sync.Map      // event names this client warned about (an event that started nothing)
 	notes     notifier
 	listened  sync.Map // system event names this process registered waits on
 }
@@ -177,6 +179,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 		attempers:     map[string]bool{},
 		wakeCh:        make(chan time.Time, 1),
 		routeCh:       make(chan struct{}, 1),
+		abandon:       make(chan struct{}),
 	}
 	for i, f := range cfg.Functions {
 		if f == nil {
@@ -206,6 +209,9 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	if c.q, err = loadQueries(schema); err != nil {
 		return nil, err
 	}
+	if err := c.checkMigratedAtBuild(); err != nil {
+		return nil, err
+	}
 
 	riverCfg := &river.Config{
 		ID:                   c.workerID,
@@ -216,6 +222,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 		JobTimeout:           -1,
 		RescueStuckJobsAfter: 100 * 365 * 24 * time.Hour, // durable detects dead workers itself
 		MaxAttempts:          1000,
+		RetryPolicy:          retryPolicy{},
 	}
 	if len(c.funcs) > 0 && !cfg.ExternalRiver {
 		workers := river.NewWorkers()
@@ -256,9 +263,9 @@ func DefaultRetryBackoff(n int) time.Duration {
 }
 
 // Start begins executing runs of the configured functions: it registers
-// them (so that events sent from any process reach them), starts the River
-// workers and the upkeep loops. It is a no-op for a client without
-// functions.
+// them (see [Client.Register]), starts the River workers and the upkeep
+// loops. ctx bounds starting only: cancelling it later stops nothing (only
+// [Client.Stop] does). It is a no-op for a client without functions.
 func (c *Client) Start(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -268,32 +275,58 @@ func (c *Client) Start(ctx context.Context) error {
 	if c.started || len(c.funcs) == 0 {
 		return nil
 	}
-	if err := c.registerFunctions(ctx); err != nil {
+	if err := c.register(ctx); err != nil {
 		return err
 	}
 	c.attMu.Lock()
 	c.attempers[c.workerID] = true
 	c.attMu.Unlock()
 	if err := c.heartbeat(ctx); err != nil {
-		return fmt.Errorf("durable: heartbeat: %w", err)
+		return fmt.Errorf("durable: heartbeat: %w", c.explain(err))
 	}
+	// River works its jobs under the context given to its Start: run it on
+	// one that only Stop ends, so that a cancelled start context never
+	// leaves a process that heartbeats but fetches nothing.
+	run := context.WithoutCancel(ctx)
 	if !c.cfg.ExternalRiver {
-		if err := c.river.Start(ctx); err != nil {
-			return fmt.Errorf("durable: starting river: %w", err)
+		if err := c.river.Start(run); err != nil {
+			return fmt.Errorf("durable: starting river: %w", c.explain(err))
 		}
 	}
-	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	bg, cancel := context.WithCancel(run)
 	c.bgCancel = cancel
 	c.startUpkeep(bg)
 	c.started = true
 	return nil
 }
 
+// Register records the client's functions and their triggers in the
+// database without executing anything (Start does it too), so that a
+// process that holds the definitions (an API server, say) routes events to
+// them before any worker runs. An event sent before any process
+// registered a function it triggers starts no run of it.
+//
+// It fails with an error saying to run migrate.Up when the schema was
+// never migrated.
+func (c *Client) Register(ctx context.Context) error {
+	if len(c.funcs) == 0 {
+		return nil
+	}
+	return c.register(ctx)
+}
+
 // Stop stops executing runs. Runs in flight finish the step they are
-// executing and are put back in the queue at their next step boundary, for
-// this or another process to continue without waiting for a recovery. If
-// ctx ends first, the remaining steps' contexts are cancelled (their
-// results are not recorded; the steps run again elsewhere).
+// executing and are handed back at their next step boundary, for this or
+// another process to continue without waiting for a recovery.
+//
+// Stop returns by ctx's deadline (for a ctx cancelled without a deadline,
+// within about two seconds of the cancellation), even when a step ignores
+// its context. Shortly before the deadline, the steps' contexts are
+// cancelled and every attempt still running is abandoned: its run is
+// handed back at once (fenced: the abandoned step, still running in its
+// goroutine, can never record anything afterwards, its StepTx rolls back)
+// and another process takes the run over at once; the step's work is done
+// again there. Stop then returns an error wrapping ctx's.
 func (c *Client) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -303,31 +336,72 @@ func (c *Client) Stop(ctx context.Context) error {
 	}
 	c.stopped = true
 	c.stopping.Store(true)
+	// grace ends a little before ctx's deadline, leaving time to hand the
+	// abandoned runs back; cleanup ends at the deadline.
+	grace, cancelGrace := graceContext(ctx)
+	defer cancelGrace()
+	cleanup, cancelCleanup := cleanupContext(ctx)
+	defer cancelCleanup()
 	var stopErr error
 	if !c.cfg.ExternalRiver {
-		if err := c.river.Stop(ctx); err != nil {
-			hard, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			stopErr = c.river.StopAndCancel(hard)
-			cancel()
-			if stopErr == nil && ctx.Err() != nil {
-				stopErr = ctx.Err()
+		if err := c.river.Stop(grace); err != nil {
+			close(c.abandon)
+			stopErr = c.river.StopAndCancel(cleanup)
+			if stopErr == nil {
+				stopErr = fmt.Errorf("durable: Stop: attempts still running at the deadline were abandoned and their runs handed back: %w", context.Cause(grace))
 			}
 		}
 	} else {
-		for c.activeN.Load() > 0 && ctx.Err() == nil {
+		for c.activeN.Load() > 0 && grace.Err() == nil {
 			time.Sleep(10 * time.Millisecond)
+		}
+		if c.activeN.Load() > 0 {
+			close(c.abandon)
+			for c.activeN.Load() > 0 && cleanup.Err() == nil {
+				time.Sleep(5 * time.Millisecond)
+			}
+			stopErr = fmt.Errorf("durable: Stop: attempts still running at the deadline were abandoned and their runs handed back: %w", context.Cause(grace))
 		}
 	}
 	c.bgCancel()
 	c.bgDone.Wait()
 	// Forget this process's heartbeats so that anything it left running
 	// is recovered at once rather than after RecoverAfter.
-	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
 	if _, err := c.pool.Exec(cleanup, c.q.get("DeleteWorker"), c.heartbeatIDs()); err != nil && stopErr == nil {
 		stopErr = fmt.Errorf("durable: removing worker heartbeat: %w", err)
 	}
 	return stopErr
+}
+
+// graceContext ends when ctx does, or a margin before ctx's deadline: a
+// quarter of the time left, at most two seconds.
+func graceContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	margin := min(time.Until(dl)/4, 2*time.Second)
+	return context.WithDeadline(ctx, dl.Add(-margin))
+}
+
+// cleanupContext ends at ctx's deadline, or two seconds after ctx ends
+// when it has none.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(context.WithoutCancel(ctx), dl)
+	}
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		time.AfterFunc(2*time.Second, cancel)
+	})
+	return cctx, func() { stop(); cancel() }
+}
+
+func (c *Client) register(ctx context.Context) error {
+	if err := c.checkMigrated(ctx); err != nil {
+		return err
+	}
+	return c.explain(c.registerFunctions(ctx))
 }
 
 func (c *Client) registerFunctions(ctx context.Context) error {

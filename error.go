@@ -3,6 +3,9 @@ package durable
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"time"
 )
 
@@ -95,4 +98,87 @@ func retryTime(err error) (time.Time, bool) {
 		return ra.at, true
 	}
 	return time.Time{}, false
+}
+
+// panicError is a panic turned into an error: its message is what runs
+// show; the trimmed stack is kept on the step's record only.
+type panicError struct {
+	msg   string
+	stack string
+}
+
+func (e *panicError) Error() string { return e.msg }
+
+// stackMarker separates a step's error message from the stack stored
+// after it (see stepErrorText).
+const stackMarker = "\n\nstack:\n"
+
+// maxStack bounds the stack stored with a panic.
+const maxStack = 4 << 10
+
+func newPanicError(p any) *panicError {
+	return &panicError{msg: cleanText(fmt.Sprintf("panic: %v", p)), stack: trimmedStack()}
+}
+
+// trimmedStack is the stack of a panic being recovered, without the
+// runtime's and this library's frames, with paths cut to their last
+// directory, at most maxStack bytes.
+func trimmedStack() string {
+	pcs := make([]uintptr, 64)
+	n := runtime.Callers(3, pcs)
+	frames := runtime.CallersFrames(pcs[:n])
+	var b strings.Builder
+	for {
+		f, more := frames.Next()
+		if !internalFrame(f.Function) {
+			line := fmt.Sprintf("%s\n\t%s:%d\n", f.Function, filepath.Join(filepath.Base(filepath.Dir(f.File)), filepath.Base(f.File)), f.Line)
+			if b.Len()+len(line) > maxStack {
+				b.WriteString("...\n")
+				break
+			}
+			b.WriteString(line)
+		}
+		if !more {
+			break
+		}
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func internalFrame(fn string) bool {
+	for _, p := range []string{"runtime.", "github.com/pgdurable/durable.", "github.com/pgdurable/durable/internal/",
+		"github.com/pgdurable/durable/riverjobs.", "github.com/riverqueue/"} {
+		if strings.HasPrefix(fn, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// stepErrorText is what a step's record keeps of err: the message, and for
+// a panic its trimmed stack after stackMarker.
+func stepErrorText(err error) string {
+	var pe *panicError
+	if errors.As(err, &pe) && pe.stack != "" {
+		return cleanText(err.Error()) + stackMarker + pe.stack
+	}
+	return cleanText(err.Error())
+}
+
+// stepMessage is a step record's error without its stack.
+func stepMessage(text string) string {
+	msg, _, _ := strings.Cut(text, stackMarker)
+	return msg
+}
+
+// runErrorText is what a run's record keeps of err: the message only.
+func runErrorText(err error) string {
+	return stepMessage(cleanText(err.Error()))
+}
+
+// cleanText makes s storable in a text column: Postgres refuses NUL bytes
+// and invalid UTF-8, and an error message must never be why a run cannot
+// be recorded.
+func cleanText(s string) string {
+	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
 }

@@ -2,6 +2,7 @@ package durable
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -26,6 +27,20 @@ const (
 	EventFunctionInvoked   = "durable/function.invoked"
 	EventScheduledTimer    = "durable/scheduled.timer"
 )
+
+// ReservedPrefix starts the names of the events the library sends itself
+// (system events). Send, SendTx, SendEvent refuse such names with an error
+// wrapping [ErrReservedName], so that no caller can forge a system event
+// (and, say, run an OnFailure handler for a made-up run).
+const ReservedPrefix = "durable/"
+
+// ErrReservedName is wrapped by the error returned for an event named with
+// [ReservedPrefix], or an Invoke of a function only the library triggers.
+var ErrReservedName = errors.New(`names starting with "durable/" are reserved for the library`)
+
+func reservedFunction(id string) error {
+	return fmt.Errorf("function %q is an OnFailure handler, which only the library triggers: %w", id, ErrReservedName)
+}
 
 // eventJSON is an event's JSON form, the same shape everywhere: stored in
 // runs, seen by CEL expressions as `event`.

@@ -88,11 +88,16 @@ func Example() {
 		return err
 	})
 
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second) // never wait forever
+	defer cancel()
 	var runs []*durable.Run
 	for len(runs) == 0 {
-		runs, _ = client.RunsForEvent(ctx, eventID)
+		if waitCtx.Err() != nil {
+			panic("no run for event " + eventID + " after 30s")
+		}
+		runs, _ = client.RunsForEvent(waitCtx, eventID)
 	}
-	run, err := client.WaitRun(ctx, runs[0].ID)
+	run, err := client.WaitRun(waitCtx, runs[0].ID)
 	if err != nil {
 		panic(err)
 	}
@@ -120,8 +125,11 @@ func ExampleStepError() {
 			})
 			var stepErr *durable.StepError
 			if errors.As(err, &stepErr) {
-				fmt.Printf("%s failed after %d attempts: %s\n", stepErr.StepID, stepErr.Attempts, stepErr.Message)
-				return durable.Step(ctx, "email", func(ctx context.Context) (string, error) { return "sent by email", nil })
+				// Code outside steps runs again on replays: log with
+				// durable.Logger, or return what happened.
+				return durable.Step(ctx, "email", func(ctx context.Context) (string, error) {
+					return fmt.Sprintf("%s failed after %d attempts (%s): sent by email", stepErr.StepID, stepErr.Attempts, stepErr.Message), nil
+				})
 			}
 			return "sent by sms", err
 		})
@@ -136,8 +144,7 @@ func ExampleStepError() {
 	run, _ := client.WaitRun(ctx, runID)
 	fmt.Println(run.Status, string(run.Output))
 	// Output:
-	// sms failed after 2 attempts: sms provider down
-	// completed "sent by email"
+	// completed "sms failed after 2 attempts (sms provider down): sent by email"
 }
 
 // Waiting for an event that matches this run's trigger, with a timeout.
@@ -169,15 +176,20 @@ func ExampleWaitForEvent() {
 
 	ids, _ := client.Send(ctx, durable.Event{Name: "user/signed-up", Data: map[string]string{"userId": "u1"}})
 	runs, _ := client.RunsForEvent(ctx, ids[0])
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second) // never wait forever
+	defer cancel()
 	for { // wait until the run waits
-		run, _ := client.GetRun(ctx, runs[0].ID)
-		if len(run.Steps) == 1 && run.Steps[0].Status == "waiting" {
+		if waitCtx.Err() != nil {
+			panic("run " + runs[0].ID + " not waiting after 30s")
+		}
+		run, err := client.GetRun(waitCtx, runs[0].ID)
+		if err == nil && len(run.Steps) == 1 && run.Steps[0].Status == "waiting" {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // the poll interval
 	}
 	_, _ = client.Send(ctx, durable.Event{Name: "user/email-verified", Data: map[string]string{"userId": "u1", "via": "link"}})
-	run, _ := client.WaitRun(ctx, runs[0].ID)
+	run, _ := client.WaitRun(waitCtx, runs[0].ID)
 	fmt.Println(run.Status, string(run.Output))
 	// Output: completed "verified via link"
 }

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,6 +60,7 @@ type loadedRun struct {
 	startLate  *bool
 	finishLate *bool
 	ownerAlive bool
+	logLines   int64
 	steps      []stepRow
 }
 
@@ -76,23 +77,44 @@ type runState struct {
 	fnAttempts int
 	lastErr    *string
 
+	// callAttempt is the Input.Attempt this call of the function was given;
+	// executed counts the steps it executed. A step whose attempt differs
+	// from callAttempt, once a step already executed in this call, restarts
+	// the call so that Input.Attempt is right inside it.
+	callAttempt int
+	// logBefore is the number of Logger lines (outside step bodies) logged
+	// by earlier attempts; logN counts this attempt's (see replayFilter).
+	logBefore int64
+	logN      atomic.Int64
+
 	mu         sync.Mutex
 	memo       map[string]*stepRow
 	counters   map[string]int
 	nextSeq    int
 	pending    []*stepRow
 	stateBytes int
-	suspendAt  *time.Time
-	abort      error
-	replaying  atomic.Bool
+	executed   int
+	end        *outcome      // how the attempt ends, once decided (see exit)
 	hooks      []suspendHook // work the suspending transaction must do
 	trigger    eventJSON
 }
 
-// suspendHook runs inside the transaction that suspends a run (waits,
-// invocations). It returns true when the run must not suspend after all
-// (what it waits for has already happened).
-type suspendHook func(ctx context.Context, tx pgx.Tx) (resumeNow bool, err error)
+// suspendHook is work a step needs done inside the transaction that
+// suspends its run (registering a wait, creating an invoked child). fn
+// returns true when the run must not suspend after all (what it waits for
+// has already happened). When fn fails for a reason of the step's own (not
+// a transient database failure), the step fails.
+type suspendHook struct {
+	row *stepRow
+	fn  func(ctx context.Context, tx pgx.Tx) (resumeNow bool, err error)
+}
+
+// stepFailure marks an error of a suspend hook as the step's own failure:
+// the step fails (a *StepError) instead of the attempt being retried.
+type stepFailure struct{ err error }
+
+func (e *stepFailure) Error() string { return e.err.Error() }
+func (e *stepFailure) Unwrap() error { return e.err }
 
 type runKey struct{}
 type inStepKey struct{}
@@ -105,11 +127,11 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 		attempter = job.AttemptedBy[n-1]
 	}
 	if err := c.noteAttempter(ctx, attempter); err != nil {
-		return err
+		return c.stopOutcome(ctx, err).river(c.cfg.RecoverAfter)
 	}
 	runID := job.Args.RunID
 	if _, busy := c.active.LoadOrStore(runID, struct{}{}); busy {
-		return river.JobSnooze(time.Second)
+		return requeueAt(time.Now().Add(time.Second)).river(c.cfg.RecoverAfter)
 	}
 	c.activeN.Add(1)
 	defer func() {
@@ -117,23 +139,29 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 		c.activeN.Add(-1)
 	}()
 	for {
-		err := c.attempt(ctx, job, attempter)
-		var soon *resumeSoon
-		if !errors.As(err, &soon) {
-			return err
+		o := c.attempt(ctx, job, attempter)
+		if o.kind != outResume {
+			if o.kind == outTransient {
+				c.logger.WarnContext(ctx, "durable: run attempt failed on a database error; River retries it with backoff",
+					"run_id", runID, "error", o.err)
+			}
+			return o.river(c.cfg.RecoverAfter)
 		}
 		// A short suspension (a retry backoff, a brief sleep) is waited
 		// out here, holding the slot: cheaper and more punctual than a
 		// round trip through River's queue.
-		timer := time.NewTimer(time.Until(soon.at))
+		timer := time.NewTimer(time.Until(o.at))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return river.JobSnooze(max(time.Until(soon.at), 0))
+			return requeueAt(o.at).river(c.cfg.RecoverAfter)
+		case <-c.abandon:
+			timer.Stop()
+			return requeueAt(o.at).river(c.cfg.RecoverAfter)
 		case <-timer.C:
 		}
 		if c.stopping.Load() {
-			return river.JobSnooze(0)
+			return outcome{kind: outShutdown}.river(c.cfg.RecoverAfter)
 		}
 	}
 }
@@ -145,25 +173,20 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 // producer must fetch.
 const shortSuspend = 500 * time.Millisecond
 
-// resumeSoon asks ExecuteRun to wait until at and run the attempt again.
-type resumeSoon struct{ at time.Time }
-
-func (r *resumeSoon) Error() string { return "durable: resume at " + r.at.String() }
-
-// attempt loads the run and executes the function once.
-func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs], attempter string) error {
+// attempt loads the run, claims it and executes the function once.
+func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs], attempter string) outcome {
 	runID := job.Args.RunID
 	lr, err := c.loadRun(ctx, runID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		c.logger.WarnContext(ctx, "durable: job for an unknown run; dropping it", "run_id", runID, "job_id", job.ID)
-		return nil
+		return done()
 	}
 	if err != nil {
-		return err
+		return c.stopOutcome(ctx, err)
 	}
 	switch lr.status {
 	case string(RunCompleted), string(RunFailed), string(RunCancelled):
-		return nil
+		return done()
 	}
 	if (lr.startLate != nil && *lr.startLate && lr.status == string(RunQueued)) || (lr.finishLate != nil && *lr.finishLate) {
 		reason := "timed out: not started within Timeouts.Start"
@@ -174,34 +197,34 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 			_, err := c.cancelRun(ctx, tx, runID, reason)
 			return err
 		}); err != nil {
-			return err
+			return c.stopOutcome(ctx, err)
 		}
-		return river.JobCancel(errors.New(reason))
+		return cancelled(errors.New(reason))
 	}
 	def := c.funcs[lr.functionID]
 	if def == nil {
 		c.logger.WarnContext(ctx, "durable: this process does not have the run's function; leaving it to another",
 			"run_id", runID, "function_id", lr.functionID)
-		return river.JobSnooze(time.Second)
+		return requeueAt(time.Now().Add(time.Second))
 	}
 	if lr.owner != nil && lr.ownerAlive {
 		if w, _, _ := strings.Cut(*lr.owner, "|"); w != attempter {
 			// A live process still holds this run (River handed the job
 			// out again); never run it twice. Look again later.
-			return river.JobSnooze(c.cfg.RecoverAfter / 2)
+			return requeueAt(time.Now().Add(c.cfg.RecoverAfter / 2))
 		}
 	}
 	if lr.wakeAt != nil {
 		if d := time.Until(*lr.wakeAt); d > 5*time.Millisecond {
 			if d <= shortSuspend {
-				return &resumeSoon{at: *lr.wakeAt}
+				return outcome{kind: outResume, at: *lr.wakeAt}
 			}
 			c.kickWaker(*lr.wakeAt)
-			return river.JobSnooze(d)
+			return requeueAt(*lr.wakeAt)
 		}
 	}
 	if c.stopping.Load() {
-		return river.JobSnooze(0)
+		return outcome{kind: outShutdown}
 	}
 
 	rs := &runState{
@@ -213,13 +236,14 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		epoch:      lr.epoch,
 		fnAttempts: lr.fnAttempts,
 		lastErr:    lr.lastErr,
+		logBefore:  lr.logLines,
 		memo:       make(map[string]*stepRow, len(lr.steps)),
 		counters:   map[string]int{},
 	}
 	if len(lr.events) > 0 {
 		rs.trigger = lr.events[0]
 	}
-	attempt := lr.fnAttempts
+	retrying := false
 	for i := range lr.steps {
 		s := &lr.steps[i]
 		rs.memo[s.Key] = s
@@ -227,12 +251,32 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		if s.Seq >= rs.nextSeq {
 			rs.nextSeq = s.Seq + 1
 		}
-		if s.Status == stepRetrying {
-			attempt = s.Attempts
+		if s.Status == stepRetrying && !retrying {
+			// The step this attempt resumes at (steps are loaded in the
+			// order they first ran).
+			rs.callAttempt, retrying = s.Attempts, true
 		}
 	}
-	rs.replaying.Store(len(lr.steps) > 0)
-	return rs.finish(ctx, rs.call(ctx, lr.events, attempt))
+	// Claim the run before the function runs: from here on it shows as
+	// running, and every write of this attempt is fenced on its owner token.
+	if err := rs.claim(ctx); err != nil {
+		return c.stopOutcome(ctx, err)
+	}
+	return rs.finish(ctx, rs.call(ctx, lr.events))
+}
+
+// claim makes this attempt the run's owner and the run running.
+func (rs *runState) claim(ctx context.Context) error {
+	tag, err := rs.c.pool.Exec(ctx, rs.c.q.get("ClaimRun"), rs.runID, rs.owner, rs.epoch)
+	if err != nil {
+		return fmt.Errorf("durable: claiming run %s: %w", rs.runID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return rs.fenceFailed(ctx, rs.c.pool)
+	}
+	rs.epoch++
+	rs.claimed = true
+	return nil
 }
 
 // callResult is how the function's goroutine ended.
@@ -243,8 +287,11 @@ type callResult struct {
 }
 
 // call runs the user's function in its own goroutine, so that a step can
-// end it with runtime.Goexit (which no user recover can swallow).
-func (rs *runState) call(ctx context.Context, events []eventJSON, attempt int) callResult {
+// end it with runtime.Goexit (which no user recover can swallow). When the
+// client abandons attempts (Stop's deadline passed), call returns at once
+// and leaves the goroutine to finish on its own: every durable call it
+// makes from then on exits, and the hand-back's fence refuses its writes.
+func (rs *runState) call(ctx context.Context, events []eventJSON) callResult {
 	fctx := context.WithValue(ctx, runKey{}, rs)
 	done := make(chan callResult, 1)
 	go func() {
@@ -253,39 +300,83 @@ func (rs *runState) call(ctx context.Context, events []eventJSON, attempt int) c
 		defer func() {
 			if !returned {
 				if p := recover(); p != nil {
-					res.err = panicError(p)
+					pe := newPanicError(p)
+					rs.c.logger.WarnContext(ctx, "durable: function panicked", "run_id", rs.runID,
+						"function_id", rs.def.opts.ID, "panic", pe.msg, "stack", pe.stack)
+					res.err = pe
 				} else {
 					res.exited = true
 				}
 			}
 			done <- res
 		}()
-		res.out, res.err = rs.def.call(fctx, events, rs.runID, attempt)
+		res.out, res.err = rs.def.call(fctx, events, rs.runID, rs.callAttempt)
 		returned = true
 	}()
-	return <-done
+	select {
+	case res := <-done:
+		return res
+	case <-rs.c.abandon:
+		rs.mu.Lock()
+		rs.setEnd(outcome{kind: outShutdown})
+		rs.mu.Unlock()
+		return callResult{exited: true}
+	}
 }
 
-func panicError(p any) error {
-	return fmt.Errorf("panic: %v\n\n%s", p, debug.Stack())
+// exit ends the attempt from a step: it records how (see setEnd) and exits
+// the calling goroutine.
+func (rs *runState) exit(o outcome) {
+	rs.mu.Lock()
+	rs.setEnd(o)
+	rs.mu.Unlock()
+	runtime.Goexit()
 }
 
-// finish records how the attempt ended and tells River what to do with the
-// job.
-func (rs *runState) finish(ctx context.Context, res callResult) error {
+// setEnd records how the attempt ends; rs.mu must be held. A suspension
+// merges with one recorded by a parallel goroutine, keeping the earliest;
+// a stop (cancellation, takeover, shutdown, database failure) wins over a
+// suspension, and the first stop wins over later ones.
+func (rs *runState) setEnd(o outcome) {
+	switch {
+	case rs.end == nil:
+	case rs.end.stops():
+		return
+	case !o.stops() && !o.at.Before(rs.end.at):
+		return
+	}
+	rs.end = &o
+}
+
+// stop ends the attempt for err (a failed fence, a stopping process, a
+// database failure) and exits the calling goroutine.
+func (rs *runState) stop(ctx context.Context, err error) {
+	rs.exit(rs.c.stopOutcome(ctx, err))
+}
+
+// ended reports whether the attempt's end is decided.
+func (rs *runState) ended() bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.end != nil
+}
+
+// finish records how the attempt ended and returns its outcome.
+func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 	c := rs.c
 	rs.mu.Lock()
-	abort, suspendAt := rs.abort, rs.suspendAt
+	end := rs.end
 	rs.mu.Unlock()
 
-	if abort == nil && ctx.Err() != nil {
-		abort = ctx.Err()
+	if (end == nil || !end.stops()) && ctx.Err() != nil {
+		o := c.stopOutcome(ctx, ctx.Err())
+		end = &o
 	}
-	if abort != nil {
-		return rs.stopAttempt(ctx, abort)
-	}
-	if suspendAt != nil {
-		return rs.suspend(ctx, *suspendAt, nil)
+	if end != nil {
+		if end.kind == outSuspend {
+			return rs.suspend(ctx, end.at, nil)
+		}
+		return rs.stopAttempt(ctx, *end)
 	}
 	if res.exited {
 		// Goexit without a recorded reason: the user's code called it.
@@ -299,11 +390,22 @@ func (rs *runState) finish(ctx context.Context, res callResult) error {
 		if len(res.out) > c.cfg.MaxStepOutput {
 			res.err = NonRetriable(fmt.Errorf("durable: function result is %d bytes, over the %d-byte limit (Config.MaxStepOutput)", len(res.out), c.cfg.MaxStepOutput))
 		} else {
-			err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunCompleted), release: true, output: res.out})
-			return rs.afterFinalCommit(ctx, err)
+			err := rs.commit(ctx, c.pool, commitParams{status: string(RunCompleted), release: true, output: res.out})
+			if err == nil {
+				return done()
+			}
+			if !rs.permanent(err) {
+				return rs.stopAttempt(ctx, c.stopOutcome(ctx, err))
+			}
+			// Postgres refused what this commit carried: a step's output
+			// (that step fails, see refusedSteps), or else the result.
+			if at, ok := rs.failRefused(ctx, err, rs.refusedSteps(ctx, err, res.out)); ok {
+				return rs.suspend(ctx, at, nil)
+			}
+			res.err = NonRetriable(fmt.Errorf("durable: the function's result could not be stored: %w", err))
 		}
 	}
-	msg := res.err.Error()
+	msg := runErrorText(res.err)
 	var se *StepError
 	fail := errors.As(res.err, &se) || isNonRetriable(res.err)
 	if !fail {
@@ -311,8 +413,16 @@ func (rs *runState) finish(ctx context.Context, res callResult) error {
 		fail = rs.fnAttempts > rs.def.retries()
 	}
 	if fail {
-		err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunFailed), release: true, errText: &msg})
-		return rs.afterFinalCommit(ctx, err)
+		err := rs.commit(ctx, c.pool, commitParams{status: string(RunFailed), release: true, errText: &msg})
+		if err == nil {
+			return done()
+		}
+		if rs.permanent(err) {
+			if at, ok := rs.failRefused(ctx, err, rs.refusedSteps(ctx, err, nil)); ok {
+				return rs.suspend(ctx, at, nil)
+			}
+		}
+		return rs.stopAttempt(ctx, c.stopOutcome(ctx, err))
 	}
 	at, ok := retryTime(res.err)
 	if !ok {
@@ -321,14 +431,86 @@ func (rs *runState) finish(ctx context.Context, res callResult) error {
 	return rs.suspend(ctx, at, &msg)
 }
 
-func (rs *runState) afterFinalCommit(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
+// permanent reports whether a failed write was refused for its data (and
+// not for a failed fence).
+func (rs *runState) permanent(err error) bool {
+	return !errors.Is(err, errRunCancelled) && !errors.Is(err, errLeaseLost) && classify(err) == classPermanent
+}
+
+// refusedSteps finds the pending steps whose output Postgres refuses (a
+// string holding \u0000 in jsonb, say), checking each on its own. When
+// none is refused alone, and the function's result (when given) is not
+// either, every pending step with an output is blamed: the commit's data
+// was refused, and only the steps' outputs are the user's.
+func (rs *runState) refusedSteps(ctx context.Context, err error, result json.RawMessage) []*stepRow {
+	rs.mu.Lock()
+	var cands []*stepRow
+	for _, p := range rs.pending {
+		if p.Kind == "step" && p.Status == stepCompleted {
+			cands = append(cands, p)
+		}
 	}
-	if errors.Is(err, errRunCancelled) || errors.Is(err, errLeaseLost) {
-		return rs.stopAttempt(ctx, err)
+	rs.mu.Unlock()
+	check, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	refused := func(raw json.RawMessage) bool {
+		if raw == nil {
+			return false
+		}
+		var ok int
+		e := rs.c.pool.QueryRow(check, "SELECT 1 FROM (SELECT $1::jsonb) AS x", []byte(raw)).Scan(&ok)
+		return e != nil && classify(e) == classPermanent
 	}
-	return err
+	var out []*stepRow
+	for _, p := range cands {
+		if refused(p.Output) {
+			out = append(out, p)
+		}
+	}
+	if len(out) > 0 || (result != nil && refused(result)) {
+		return out
+	}
+	return cands
+}
+
+// failRefused records a failed attempt for each step whose output could
+// not be stored (retrying, or failed once its retries are exhausted) and
+// returns when the run must resume; false when there is no such step.
+func (rs *runState) failRefused(ctx context.Context, err error, rows []*stepRow) (time.Time, bool) {
+	if len(rows) == 0 {
+		return time.Time{}, false
+	}
+	resume := time.Time{}
+	for _, r := range rows {
+		msg := cleanText(fmt.Sprintf("durable: step %q: its output could not be stored: %v", r.Key, err))
+		row, at := rs.failedAttempt(r.Key, r.Seq, r.Kind, r.Attempts, errors.New(msg))
+		rs.mu.Lock()
+		rs.stateBytes -= len(r.Output)
+		rs.mu.Unlock()
+		rs.addPending(row)
+		rs.c.logger.WarnContext(ctx, "durable: a step's output was refused by Postgres", "run_id", rs.runID,
+			"step", r.Key, "error", err)
+		if resume.IsZero() || at.Before(resume) {
+			resume = at
+		}
+	}
+	return resume, true
+}
+
+// failedAttempt builds the row of a failed step attempt: retrying at its
+// backoff, or failed once retries are exhausted (or for a non-retriable
+// error). It returns when the run resumes: the retry, or now.
+func (rs *runState) failedAttempt(key string, seq int, kind string, attempts int, err error) (*stepRow, time.Time) {
+	msg := stepErrorText(err)
+	if isNonRetriable(err) || attempts > rs.def.retries() {
+		return &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepFailed, Attempts: attempts, Error: &msg}, time.Now()
+	}
+	at, ok := retryTime(err)
+	if !ok {
+		at = time.Now().Add(rs.c.cfg.RetryBackoff(attempts))
+	}
+	at = at.UTC()
+	return &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepRetrying, Attempts: attempts, Error: &msg, WakeAt: &at}, at
 }
 
 // suspend ends the attempt with the run waiting until at; lastErr records
@@ -342,7 +524,7 @@ func (rs *runState) afterFinalCommit(ctx context.Context, err error) error {
 // JobSnooze would record the new state only when its completer flushes, up
 // to ~250 ms later, leaving a window where a wake-up finds the job still
 // running and is lost.)
-func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) error {
+func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) outcome {
 	if lastErr == nil {
 		lastErr = rs.lastErr
 	}
@@ -353,9 +535,9 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	rs.mu.Unlock()
 	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.c.stopping.Load() && !rs.hasWaiting() {
 		if err := rs.commit(ctx, rs.c.pool, p); err != nil {
-			return rs.afterFinalCommit(ctx, err)
+			return rs.afterFailedSuspend(ctx, err)
 		}
-		return &resumeSoon{at: at}
+		return outcome{kind: outResume, at: at}
 	}
 	resumeNow := false
 	// Steps this attempt found waiting may have been delivered while it ran
@@ -369,9 +551,14 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 		}
 	}
 	rs.mu.Unlock()
-	err := pgx.BeginFunc(ctx, rs.c.pool, func(tx pgx.Tx) error {
+	err := func() error {
+		tx, err := rs.c.pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 		for _, h := range hooks {
-			now, err := h(ctx, tx)
+			now, err := rs.runHook(ctx, tx, h)
 			if err != nil {
 				return err
 			}
@@ -409,15 +596,54 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 		}
 		rs.applyCommit(res)
 		return nil
-	})
+	}()
 	if err != nil {
-		return rs.afterFinalCommit(ctx, err)
+		return rs.afterFailedSuspend(ctx, err)
 	}
 	if resumeNow {
-		return &resumeSoon{at: time.Now()}
+		return outcome{kind: outResume, at: time.Now()}
 	}
 	rs.c.kickWaker(at)
-	return nil
+	return done()
+}
+
+// runHook runs a suspend hook in a savepoint: when it fails for a reason
+// of its step's own (a stepFailure, or data Postgres refuses), the step is
+// recorded as failed and the run resumes at once to return the
+// *StepError; a transient failure fails the suspension.
+func (rs *runState) runHook(ctx context.Context, tx pgx.Tx, h suspendHook) (bool, error) {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	now, err := h.fn(ctx, sp)
+	if err == nil {
+		return now, sp.Commit(ctx)
+	}
+	if rerr := sp.Rollback(ctx); rerr != nil {
+		return false, rerr
+	}
+	var sf *stepFailure
+	if !errors.As(err, &sf) && !rs.permanent(err) {
+		return false, err
+	}
+	msg := cleanText(err.Error())
+	rs.mu.Lock()
+	h.row.Status, h.row.Error, h.row.WakeAt, h.row.ChildRun, h.row.Output = stepFailed, &msg, nil, nil, nil
+	rs.mu.Unlock()
+	return true, nil
+}
+
+// afterFailedSuspend is the outcome of a suspension whose commit failed.
+func (rs *runState) afterFailedSuspend(ctx context.Context, err error) outcome {
+	if rs.permanent(err) {
+		// A step's output refused at the suspension: that step fails and
+		// the run resumes (once; the retry records no output).
+		if at, ok := rs.failRefused(ctx, err, rs.refusedSteps(ctx, err, nil)); ok {
+			return rs.suspend(ctx, at, nil)
+		}
+	}
+	return rs.stopAttempt(ctx, rs.c.stopOutcome(ctx, err))
 }
 
 // hasWaiting reports whether the attempt found steps waiting.
@@ -433,29 +659,43 @@ func (rs *runState) hasWaiting() bool {
 }
 
 // stopAttempt ends an attempt that must not go on: the run was cancelled,
-// another worker took it over, or this process is stopping.
-func (rs *runState) stopAttempt(ctx context.Context, reason error) error {
-	switch {
-	case errors.Is(reason, errRunCancelled):
-		return river.JobCancel(reason)
-	case errors.Is(reason, errLeaseLost):
-		return river.JobSnooze(rs.c.cfg.RecoverAfter)
+// another worker took it over, this process is stopping, or the database
+// failed. A run this attempt still holds is handed back (keeping what
+// finished) so that another process continues it at once.
+func (rs *runState) stopAttempt(ctx context.Context, o outcome) outcome {
+	switch o.kind {
+	case outCancelled, outLeaseLost:
+		return o
 	}
-	// The context ended or the process is stopping: was the run cancelled?
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	var status string
-	var owner *string
-	if err := rs.c.pool.QueryRow(bg, rs.c.q.get("RunStatus"), rs.runID).Scan(&status, &owner); err == nil && status == string(RunCancelled) {
-		return river.JobCancel(errRunCancelled)
+	if o.kind == outShutdown {
+		// The context ended or the process is stopping: was the run cancelled?
+		var status string
+		var owner *string
+		if err := rs.c.pool.QueryRow(bg, rs.c.q.get("RunStatus"), rs.runID).Scan(&status, &owner); err == nil && status == string(RunCancelled) {
+			return cancelled(errRunCancelled)
+		}
 	}
-	// Hand the run back, keeping what finished, so that another process
-	// continues it at once.
+	rs.mu.Lock()
+	claimed := rs.claimed
+	rs.mu.Unlock()
+	if !claimed {
+		return o
+	}
 	now := time.Now()
-	if err := rs.commit(bg, rs.c.pool, commitParams{status: string(RunRunning), release: true, errText: rs.lastErr, wakeAt: &now}); err != nil {
+	err := rs.commit(bg, rs.c.pool, commitParams{status: string(RunRunning), release: true, errText: rs.lastErr, wakeAt: &now})
+	switch {
+	case err == nil:
+	case errors.Is(err, errRunCancelled):
+		return cancelled(errRunCancelled)
+	case o.kind == outTransient:
+		// Likely the same outage: whoever attempts the run next finds its
+		// owner dead after RecoverAfter, or is this process.
+	default:
 		rs.c.logger.WarnContext(bg, "durable: could not hand back a stopping run; it will be recovered", "run_id", rs.runID, "error", err)
 	}
-	return river.JobSnooze(0)
+	return o
 }
 
 // commitParams say what one fenced write does besides recording the
@@ -534,7 +774,7 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 			return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 		}
 		if runs == 0 {
-			return nil, rs.fenceFailed(ctx)
+			return nil, rs.fenceFailed(ctx, db)
 		}
 		return &commitResult{pending: pending, newOwner: newOwner}, nil
 	}
@@ -546,13 +786,13 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 	err := db.QueryRow(ctx, rs.c.q.get("Commit"),
 		rs.runID, newOwner, epoch, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
 		keys, seqs, kinds, statuses, attempts, outputs, errs, wakes,
-		rs.jobID, p.completeJob, rs.c.notifyChannel, p.newJobID, children,
+		rs.jobID, p.completeJob, rs.c.notifyChannel, p.newJobID, children, max(rs.logBefore, rs.logN.Load()),
 	).Scan(&runs, &jobs, &events)
 	if err != nil {
 		return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 	}
 	if runs == 0 {
-		return nil, rs.fenceFailed(ctx)
+		return nil, rs.fenceFailed(ctx, db)
 	}
 	if events > 0 {
 		rs.c.kickRouter()
@@ -590,11 +830,13 @@ func (rs *runState) applyCommit(r *commitResult) {
 	rs.pending = rest
 }
 
-// fenceFailed finds out why a fenced write matched no run.
-func (rs *runState) fenceFailed(ctx context.Context) error {
+// fenceFailed finds out why a fenced write matched no run. db is the
+// connection or transaction of the write: inside a StepTx it sees a
+// cancellation the step's own events made.
+func (rs *runState) fenceFailed(ctx context.Context, db execer) error {
 	var status string
 	var owner *string
-	err := rs.c.pool.QueryRow(context.WithoutCancel(ctx), rs.c.q.get("RunStatus"), rs.runID).Scan(&status, &owner)
+	err := db.QueryRow(context.WithoutCancel(ctx), rs.c.q.get("RunStatus"), rs.runID).Scan(&status, &owner)
 	if err != nil {
 		return fmt.Errorf("durable: run %s: %w", rs.runID, err)
 	}
@@ -609,7 +851,7 @@ func (c *Client) loadRun(ctx context.Context, runID string) (*loadedRun, error) 
 	var events, steps []byte
 	err := c.pool.QueryRow(ctx, c.q.get("LoadRun"), runID, c.cfg.RecoverAfter.Seconds()).Scan(
 		&lr.functionID, &lr.status, &events, &lr.owner, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,
-		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &steps)
+		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &lr.logLines, &steps)
 	if err != nil {
 		return nil, err
 	}
@@ -625,31 +867,43 @@ func (c *Client) loadRun(ctx context.Context, runID string) (*loadedRun, error) 
 // Logger returns a logger that writes nothing while the run replays code
 // that already ran, so each line is logged once per run. Outside a
 // function it returns the default logger.
+//
+// Lines logged outside steps are counted: a replay (after a sleep, a wait,
+// an invoke, a retry) skips as many lines as earlier attempts logged, so
+// deterministic code logs each line once. A logger obtained inside a step
+// body (from the step's context) always logs: the body really runs again
+// when the step is retried. A line logged after the last commit of an
+// attempt that crashed may be logged again.
 func Logger(ctx context.Context) *slog.Logger {
 	rs, _ := ctx.Value(runKey{}).(*runState)
 	if rs == nil {
 		return slog.Default()
 	}
-	return slog.New(replayFilter{rs: rs, h: rs.c.logger.Handler()}).With("run_id", rs.runID, "function_id", rs.def.opts.ID)
+	_, inStep := ctx.Value(inStepKey{}).(string)
+	return slog.New(replayFilter{rs: rs, h: rs.c.logger.Handler(), inStep: inStep}).With("run_id", rs.runID, "function_id", rs.def.opts.ID)
 }
 
 type replayFilter struct {
-	rs *runState
-	h  slog.Handler
+	rs     *runState
+	h      slog.Handler
+	inStep bool
 }
 
 func (f replayFilter) Enabled(ctx context.Context, l slog.Level) bool {
-	return !f.rs.replaying.Load() && f.h.Enabled(ctx, l)
+	return f.h.Enabled(ctx, l)
 }
+
 func (f replayFilter) Handle(ctx context.Context, r slog.Record) error {
-	if f.rs.replaying.Load() {
-		return nil
+	if !f.inStep && f.rs.logN.Add(1) <= f.rs.logBefore {
+		return nil // logged by an earlier attempt
 	}
 	return f.h.Handle(ctx, r)
 }
+
 func (f replayFilter) WithAttrs(a []slog.Attr) slog.Handler {
-	return replayFilter{rs: f.rs, h: f.h.WithAttrs(a)}
+	return replayFilter{rs: f.rs, h: f.h.WithAttrs(a), inStep: f.inStep}
 }
+
 func (f replayFilter) WithGroup(n string) slog.Handler {
-	return replayFilter{rs: f.rs, h: f.h.WithGroup(n)}
+	return replayFilter{rs: f.rs, h: f.h.WithGroup(n), inStep: f.inStep}
 }

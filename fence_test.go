@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgdurable/durable"
@@ -61,10 +62,11 @@ func TestStaleAttemptCannotOverwriteAfterRelease(t *testing.T) {
 	defer cancel()
 	stopped := make(chan struct{})
 	go func() { _ = a.Stop(stopCtx); close(stopped) }()
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		r, err := bc.GetRun(b.ctx, id)
-		require.NoError(t, err)
-		return len(r.Steps) == 2 && r.Steps[1].Status == "sleeping"
+		require.NoError(ct, err)
+		require.Len(ct, r.Steps, 2)
+		assert.Equal(ct, "sleeping", r.Steps[1].Status)
 	}, 30*time.Second, 20*time.Millisecond, "B takes over and sleeps")
 
 	close(release) // A's stale attempt goes on and tries to write
@@ -77,11 +79,13 @@ func TestStaleAttemptCannotOverwriteAfterRelease(t *testing.T) {
 	}
 	// A's last write (its hand-back commit) follows the function's end:
 	// give it time to land, and check it never does.
-	require.Never(t, func() bool {
+	never(t, 1500*time.Millisecond, 50*time.Millisecond, "the stale attempt overwrote a memoized step", func() (bool, error) {
 		r, err := bc.GetRun(b.ctx, id)
-		require.NoError(t, err)
-		return string(r.Steps[0].Output) != `"B"`
-	}, 1500*time.Millisecond, 50*time.Millisecond, "the stale attempt overwrote a memoized step")
+		if err != nil {
+			return false, err
+		}
+		return string(r.Steps[0].Output) != `"B"`, nil
+	})
 	r, err := bc.GetRun(b.ctx, id)
 	require.NoError(t, err)
 	require.Len(t, r.Steps, 2)

@@ -81,7 +81,9 @@ func failureHandler(d *funcDef) *funcDef {
 		typed.Events = []TypedEvent[FailureData]{typed.Event}
 		return struct{}{}, handler(ctx, typed)
 	})
-	return f.def()
+	fd := f.def()
+	fd.system = true
+	return fd
 }
 
 // Concurrency limits the runs of a function that execute at once.
@@ -126,7 +128,8 @@ type TypedEvent[T any] struct {
 
 // funcDef is the type-erased form of a function, used by the executor.
 type funcDef struct {
-	opts FunctionOpts
+	opts   FunctionOpts
+	system bool // triggered by the library only (an OnFailure handler)
 	// call decodes the run's events, calls the user's function and
 	// encodes its result.
 	call func(ctx context.Context, events []eventJSON, runID string, attempt int) (json.RawMessage, error)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgdurable/durable"
@@ -80,16 +82,43 @@ func (b *bundle) waitRun(c *durable.Client, runID string, d time.Duration) *dura
 	return run
 }
 
-// onlyRun returns the single run an event started, waiting for it to be
-// created.
+// runsFor returns the runs an event started, waiting for at least n of
+// them to be created.
 func (b *bundle) runsFor(c *durable.Client, eventID string, n int) []*durable.Run {
 	b.t.Helper()
 	var runs []*durable.Run
-	require.Eventually(b.t, func() bool {
-		var err error
-		runs, err = c.RunsForEvent(b.ctx, eventID)
-		require.NoError(b.t, err)
-		return len(runs) >= n
+	// The condition runs on another goroutine: it reports to ct (a database
+	// error is then what the test fails with), never to b.t.
+	require.EventuallyWithT(b.t, func(ct *assert.CollectT) {
+		got, err := c.RunsForEvent(b.ctx, eventID)
+		require.NoError(ct, err)
+		require.GreaterOrEqual(ct, len(got), n, "runs of event %s", eventID)
+		runs = got
 	}, 10*time.Second, 10*time.Millisecond)
 	return runs
+}
+
+// never checks cond every tick for d and fails the test if it ever holds
+// (what says what must not happen). cond runs on another goroutine, so it
+// returns its error instead of failing the test: an error counts as "not
+// holding" for the check, and the first one fails the test once d is over.
+func never(t *testing.T, d, tick time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	var mu sync.Mutex
+	var firstErr error
+	require.Never(t, func() bool {
+		ok, err := cond()
+		if err != nil {
+			mu.Lock()
+			if firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+			return false
+		}
+		return ok
+	}, d, tick, what)
+	mu.Lock()
+	defer mu.Unlock()
+	require.NoError(t, firstErr, "checking for: %s", what)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -205,6 +206,11 @@ func (c *Client) act(ctx context.Context, tx pgx.Tx, events []eventJSON, byName 
 			newRuns = append(newRuns, pendingRun{functionID: t.fn, cfg: t.cfg, events: []eventJSON{e}})
 		}
 	}
+	for i, e := range events {
+		if len(byName[e.Name]) == 0 && len(waits[i]) == 0 {
+			c.warnUnmatched(ctx, e)
+		}
+	}
 	ids, err := c.insertRuns(ctx, tx, newRuns, notifyInTx)
 	if err != nil {
 		return 0, err
@@ -246,8 +252,12 @@ func (c *Client) deliver(ctx context.Context, tx pgx.Tx, e eventJSON, cands []wa
 		}
 		switch k.kind {
 		case "cancel":
-			if _, err := c.cancelRun(ctx, tx, k.runID, fmt.Sprintf("cancelled by event %s (%s)", e.ID, e.Name)); err != nil {
+			ok, err := c.cancelRun(ctx, tx, k.runID, fmt.Sprintf("cancelled by event %s (%s)", e.ID, e.Name))
+			if err != nil {
 				return err
+			}
+			if sc, _ := ctx.Value(selfCancelKey{}).(*selfCancel); ok && sc != nil && sc.runID == k.runID {
+				sc.hit = true // a StepTx's own events cancelled its run
 			}
 		case "wait":
 			out, err := json.Marshal(e)
@@ -377,4 +387,18 @@ func (c *Client) sendNotify(ctx context.Context) {
 	if _, err := c.pool.Exec(ctx, c.q.get("NotifyInsert"), c.notifyChannel, c.notifyPayload); err != nil {
 		c.logger.WarnContext(ctx, "durable: notifying producers failed; they will find the runs at their next poll", "error", err)
 	}
+}
+
+// warnUnmatched logs, once per event name and client, an event that
+// matched no registered trigger and no wait: often a function whose
+// process never registered it (see Client.Register), or a misspelt name.
+func (c *Client) warnUnmatched(ctx context.Context, e eventJSON) {
+	if strings.HasPrefix(e.Name, ReservedPrefix) {
+		return // system events often have no listener
+	}
+	if _, seen := c.unmatched.LoadOrStore(e.Name, true); seen {
+		return
+	}
+	c.logger.WarnContext(ctx, "durable: an event started no run and matched no wait: no registered function has a trigger on its name (functions become known when a process that has them calls Register or Start); logged once per name",
+		"event_name", e.Name, "event_id", e.ID)
 }

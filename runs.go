@@ -48,7 +48,7 @@ func (s RunStatus) Done() bool {
 type RunStep struct {
 	ID       string // with its counter suffix, e.g. "fetch-data:1"
 	Kind     string // "step", "sleep", "wait", "invoke", "send"
-	Status   string // "completed", "failed", "retrying", "sleeping", "waiting", "timed_out"
+	Status   string // "completed", "failed", "retrying", "sleeping", "waiting", "timed_out", "cancelled" (a step left waiting when its run ended)
 	Attempts int
 	Output   json.RawMessage
 	Error    string

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -29,7 +30,7 @@ func (c *Client) Send(ctx context.Context, events ...Event) ([]string, error) {
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, c.explain(err)
 	}
 	if started > 0 {
 		c.notifyProducers(ctx)
@@ -48,7 +49,7 @@ func (c *Client) SendTx(ctx context.Context, tx pgx.Tx, events ...Event) ([]stri
 		return nil, err
 	}
 	ids, _, err := c.sendPrepared(ctx, tx, prepared, true)
-	return ids, err
+	return ids, c.explain(err)
 }
 
 func (c *Client) prepareEvents(events []Event) ([]eventJSON, error) {
@@ -57,6 +58,9 @@ func (c *Client) prepareEvents(events []Event) ([]eventJSON, error) {
 	}
 	out := make([]eventJSON, len(events))
 	for i, e := range events {
+		if strings.HasPrefix(strings.TrimSpace(e.Name), ReservedPrefix) {
+			return nil, fmt.Errorf("durable: event %d (%q): %w", i, e.Name, ErrReservedName)
+		}
 		p, err := prepareEvent(e, i, c.cfg.MaxEventSize)
 		if err != nil {
 			return nil, err
@@ -204,7 +208,7 @@ func (c *Client) Invoke(ctx context.Context, functionID string, data any) (strin
 		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("durable: Invoke %q: %w", functionID, err)
+		return "", fmt.Errorf("durable: Invoke %q: %w", functionID, c.explain(err))
 	}
 	c.notifyProducers(ctx)
 	return runID, nil
@@ -217,6 +221,9 @@ func (c *Client) invokeTx(ctx context.Context, tx pgx.Tx, functionID string, dat
 	cfg, err := c.functionConfig(ctx, tx, functionID)
 	if err != nil {
 		return "", err
+	}
+	if cfg.System {
+		return "", reservedFunction(functionID)
 	}
 	ev, err := prepareEvent(Event{Name: EventFunctionInvoked, Data: data}, 0, c.cfg.MaxEventSize)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgdurable/durable"
@@ -39,10 +40,11 @@ func TestSleepSuspendsAndResumesPunctually(t *testing.T) {
 	require.NoError(t, err)
 
 	// While asleep, the run shows a sleeping step and holds no attempt.
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		run, err := c.GetRun(b.ctx, runID)
-		require.NoError(t, err)
-		return len(run.Steps) == 2 && run.Steps[1].Status == "sleeping"
+		require.NoError(ct, err)
+		require.Len(ct, run.Steps, 2)
+		assert.Equal(ct, "sleeping", run.Steps[1].Status)
 	}, 5*time.Second, 10*time.Millisecond)
 	run, err := c.GetRun(b.ctx, runID)
 	require.NoError(t, err)
@@ -117,10 +119,11 @@ func TestCancelQueuedSleepingAndRunning(t *testing.T) {
 	// Sleeping: cancelled at once.
 	sleepRun, err := c.Invoke(b.ctx, "cancel-sleeper", nil)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		run, err := c.GetRun(b.ctx, sleepRun)
-		require.NoError(t, err)
-		return len(run.Steps) == 1 && run.Steps[0].Status == "sleeping"
+		require.NoError(ct, err)
+		require.Len(ct, run.Steps, 1)
+		assert.Equal(ct, "sleeping", run.Steps[0].Status)
 	}, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, c.Cancel(b.ctx, sleepRun))
 	run, err := c.GetRun(b.ctx, sleepRun)
@@ -154,7 +157,10 @@ func TestCancelQueuedSleepingAndRunning(t *testing.T) {
 	require.NoError(t, c.Cancel(b.ctx, sleepRun))
 	require.ErrorIs(t, c.Cancel(b.ctx, "nope"), durable.ErrRunNotFound)
 
-	time.Sleep(300 * time.Millisecond) // give a wrongly resumed run the chance to show itself
+	// Give a wrongly resumed run the chance to show itself.
+	require.Never(t, func() bool {
+		return afterSleep.Load() != 0 || secondStep.Load() != 0
+	}, 300*time.Millisecond, 10*time.Millisecond, "a cancelled run went on")
 	require.Zero(t, afterSleep.Load())
 	require.Zero(t, secondStep.Load())
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -87,7 +89,7 @@ func sleepUntil(ctx context.Context, id string, until func() time.Time) error {
 		case row.Status == stepCompleted:
 			return nil
 		case row.Status == stepSleeping && row.WakeAt != nil && time.Until(*row.WakeAt) > 0:
-			rs.suspendUntil(*row.WakeAt)
+			rs.exit(suspendOutcome(*row.WakeAt))
 		case row.Status == stepSleeping:
 			rs.addPending(&stepRow{Key: key, Seq: row.Seq, Kind: "sleep", Status: stepCompleted, Attempts: 1, WakeAt: row.WakeAt})
 			return nil
@@ -103,7 +105,7 @@ func sleepUntil(ctx context.Context, id string, until func() time.Time) error {
 		return nil
 	}
 	rs.addPending(&stepRow{Key: key, Seq: seq, Kind: "sleep", Status: stepSleeping, WakeAt: &wake})
-	rs.suspendUntil(wake)
+	rs.exit(suspendOutcome(wake))
 	return nil // not reached
 }
 
@@ -123,11 +125,14 @@ func enterStep(ctx context.Context, id string, nilFn bool) (*runState, string, e
 	if id == "" {
 		return nil, "", NonRetriable(errors.New("durable: a step ID is required"))
 	}
+	if len(id) > maxStepID || !utf8.ValidString(id) || strings.ContainsRune(id, 0) {
+		return nil, "", NonRetriable(fmt.Errorf("durable: step %q: an ID must be valid UTF-8 without NUL, at most %d bytes", id, maxStepID))
+	}
 	if nilFn {
 		return nil, "", NonRetriable(fmt.Errorf("durable: step %q: fn is nil", id))
 	}
 	rs.mu.Lock()
-	if rs.suspendAt != nil || rs.abort != nil {
+	if rs.end != nil {
 		rs.mu.Unlock()
 		runtime.Goexit()
 	}
@@ -154,16 +159,28 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 		case stepCompleted:
 			return row.Output, nil
 		case stepFailed:
-			return nil, &StepError{StepID: key, Attempts: row.Attempts, Message: deref(row.Error)}
+			return nil, &StepError{StepID: key, Attempts: row.Attempts, Message: stepMessage(deref(row.Error))}
 		case stepRetrying:
 			if row.WakeAt != nil && time.Until(*row.WakeAt) > 0 {
-				rs.suspendUntil(*row.WakeAt)
+				rs.exit(suspendOutcome(*row.WakeAt))
 			}
 			attempts, seq = row.Attempts, row.Seq
 		}
 	}
 	if err := rs.boundary(ctx, key, true); err != nil {
 		return nil, err
+	}
+	// Input.Attempt is a value the call received: once a step executed in
+	// this call, a step at another attempt restarts the call (its steps
+	// replay) so that Input.Attempt is this step's inside it.
+	rs.mu.Lock()
+	restart := rs.executed > 0 && attempts != rs.callAttempt
+	if !restart {
+		rs.executed++
+	}
+	rs.mu.Unlock()
+	if restart {
+		rs.exit(suspendOutcome(time.Now()))
 	}
 	if seq < 0 {
 		seq = rs.newSeq()
@@ -193,14 +210,17 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 }
 
 // runTx runs a StepTx attempt: the user's writes, the pending steps, this
-// step's row and the fence commit together.
+// step's row and the fence commit together. An error of fn is the step's;
+// a failure of the step's own commit is the step's when Postgres refuses
+// the data, and ends the attempt when it is transient.
 func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn func(context.Context, pgx.Tx) (json.RawMessage, error)) (json.RawMessage, error) {
 	tx, err := rs.c.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("durable: step %q: begin: %w", key, err)
+		rs.stop(ctx, fmt.Errorf("durable: step %q: begin: %w", key, err))
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	out, err := protect(func() (json.RawMessage, error) { return fn(ctx, tx) })
+	self := &selfCancel{runID: rs.runID}
+	out, err := protect(func() (json.RawMessage, error) { return fn(context.WithValue(ctx, selfCancelKey{}, self), tx) })
 	if err != nil {
 		return nil, err
 	}
@@ -217,14 +237,25 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 	res, err := rs.commitIn(ctx, tx, commitParams{status: string(RunRunning)})
 	if err != nil {
 		rs.dropPending(row)
-		if errors.Is(err, errRunCancelled) || errors.Is(err, errLeaseLost) {
-			rs.stop(err)
+		if errors.Is(err, errRunCancelled) && self.hit {
+			// The step's own events cancelled its run (its CancelOn): they
+			// commit, with the cancellation, and the attempt ends.
+			if cerr := tx.Commit(ctx); cerr != nil {
+				rs.stop(ctx, fmt.Errorf("durable: step %q: commit: %w", key, cerr))
+			}
+			rs.exit(cancelled(errRunCancelled))
 		}
-		return nil, err
+		if rs.permanent(err) {
+			return nil, err
+		}
+		rs.stop(ctx, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		rs.dropPending(row)
-		return nil, fmt.Errorf("durable: step %q: commit: %w", key, err)
+		if rs.permanent(err) {
+			return nil, fmt.Errorf("durable: step %q: commit: %w", key, err)
+		}
+		rs.stop(ctx, fmt.Errorf("durable: step %q: commit: %w", key, err))
 	}
 	rs.applyCommit(res)
 	rs.mu.Lock()
@@ -233,6 +264,15 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 	return out, nil
 }
 
+// selfCancel tells a StepTx whether the events it sent cancelled its own
+// run (see deliver).
+type selfCancel struct {
+	runID string
+	hit   bool
+}
+
+type selfCancelKey struct{}
+
 // stepFailed records a failed attempt: it suspends the run for the retry,
 // or, once retries are exhausted (or for a non-retriable error), records
 // the step as failed and returns the *StepError.
@@ -240,26 +280,17 @@ func (rs *runState) stepFailed(ctx context.Context, key string, seq int, kind st
 	if ctx.Err() != nil {
 		// The attempt's context ended (cancellation, shutdown): this is
 		// not the step's failure.
-		rs.stop(ctx.Err())
+		rs.stop(ctx, ctx.Err())
 	}
-	rs.mu.Lock()
-	stopped := rs.abort != nil
-	rs.mu.Unlock()
-	if stopped {
+	if rs.ended() {
 		runtime.Goexit()
 	}
-	msg := err.Error()
-	if isNonRetriable(err) || attempts > rs.def.retries() {
-		rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepFailed, Attempts: attempts, Error: &msg})
-		return &StepError{StepID: key, Attempts: attempts, Message: msg}
+	row, at := rs.failedAttempt(key, seq, kind, attempts, err)
+	rs.addPending(row)
+	if row.Status == stepFailed {
+		return &StepError{StepID: key, Attempts: attempts, Message: stepMessage(*row.Error)}
 	}
-	at, ok := retryTime(err)
-	if !ok {
-		at = time.Now().Add(rs.c.cfg.RetryBackoff(attempts))
-	}
-	at = at.UTC()
-	rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepRetrying, Attempts: attempts, Error: &msg, WakeAt: &at})
-	rs.suspendUntil(at)
+	rs.exit(suspendOutcome(at))
 	return nil // not reached
 }
 
@@ -269,7 +300,6 @@ func (rs *runState) stepFailed(ctx context.Context, key string, seq int, kind st
 // A step that suspends the run at once (a sleep, a wait, an invoke) passes
 // flush false: its suspending commit records the finished steps too.
 func (rs *runState) boundary(ctx context.Context, key string, flush bool) error {
-	rs.replaying.Store(false)
 	rs.mu.Lock()
 	count := len(rs.memo) + len(rs.pending)
 	_, known := rs.memo[key]
@@ -278,41 +308,28 @@ func (rs *runState) boundary(ctx context.Context, key string, flush bool) error 
 		return NonRetriable(fmt.Errorf("durable: step %q: the run has reached the limit of %d steps (Config.MaxSteps)", key, rs.c.cfg.MaxSteps))
 	}
 	if ctx.Err() != nil {
-		rs.stop(ctx.Err())
+		rs.stop(ctx, ctx.Err())
 	}
 	if rs.c.stopping.Load() {
-		rs.stop(errShutdown)
+		rs.stop(ctx, errShutdown)
 	}
 	rs.mu.Lock()
 	hasPending := len(rs.pending) > 0
 	rs.mu.Unlock()
 	if hasPending && flush {
 		if err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunRunning)}); err != nil {
-			rs.stop(err)
+			if rs.permanent(err) {
+				// Postgres refused a finished step's output: that step
+				// fails like any step error, and the run resumes at its
+				// retry (or at once, to return its *StepError).
+				if at, ok := rs.failRefused(ctx, err, rs.refusedSteps(ctx, err, nil)); ok {
+					rs.exit(suspendOutcome(at))
+				}
+			}
+			rs.stop(ctx, err)
 		}
 	}
 	return nil
-}
-
-// stop ends the attempt (the run is cancelled, taken over, or the process
-// is stopping): it records the reason and exits the calling goroutine.
-func (rs *runState) stop(reason error) {
-	rs.mu.Lock()
-	if rs.abort == nil {
-		rs.abort = reason
-	}
-	rs.mu.Unlock()
-	runtime.Goexit()
-}
-
-// suspendUntil ends the attempt with the run resuming at t.
-func (rs *runState) suspendUntil(t time.Time) {
-	rs.mu.Lock()
-	if rs.suspendAt == nil || t.Before(*rs.suspendAt) {
-		rs.suspendAt = &t
-	}
-	rs.mu.Unlock()
-	runtime.Goexit()
 }
 
 // lookup returns the memoized row of key; rs.mu must be held.
@@ -370,13 +387,16 @@ func (rs *runState) checkOutput(key string, out json.RawMessage) error {
 	return nil
 }
 
+// maxStepID bounds a step ID's length.
+const maxStepID = 256
+
 // protect calls fn, turning a panic into an error carrying the stack.
 func protect(fn func() (json.RawMessage, error)) (out json.RawMessage, err error) {
 	returned := false
 	defer func() {
 		if !returned {
 			if p := recover(); p != nil {
-				out, err = nil, panicError(p)
+				out, err = nil, newPanicError(p)
 			}
 		}
 	}()

@@ -172,33 +172,48 @@ func (c *Client) rescue(ctx context.Context) error {
 
 // expireRuns cancels runs past their Timeouts.Start or Timeouts.Finish.
 func (c *Client) expireRuns(ctx context.Context) error {
-	rows, err := c.pool.Query(ctx, c.q.get("ExpiredRuns"))
-	if err != nil {
-		return err
-	}
-	type expired struct{ id, which string }
-	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (expired, error) {
-		var e expired
-		err := row.Scan(&e.id, &e.which)
-		return e, err
-	})
-	if err != nil {
-		return err
-	}
-	for _, r := range runs {
-		reason := "timed out: not started within Timeouts.Start"
-		if r.which == "finish" {
-			reason = "timed out: not finished within Timeouts.Finish"
-		}
-		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-			_, err := c.cancelRun(ctx, tx, r.id, reason)
+	// Batch after batch until a short one: a backlog (a burst of runs
+	// nobody started in time) is cleared in this sweep, not a batch a
+	// second, and no query reads more than a batch.
+	const batch = expireBatch
+	for {
+		rows, err := c.pool.Query(ctx, c.q.get("ExpiredRuns"), batch)
+		if err != nil {
 			return err
+		}
+		type expired struct{ id, which string }
+		runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (expired, error) {
+			var e expired
+			err := row.Scan(&e.id, &e.which)
+			return e, err
 		})
 		if err != nil {
 			return err
 		}
+		cancelled := 0
+		for _, r := range runs {
+			reason := "timed out: not started within Timeouts.Start"
+			if r.which == "finish" {
+				reason = "timed out: not finished within Timeouts.Finish"
+			}
+			var ok bool
+			err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
+				ok, err = c.cancelRun(ctx, tx, r.id, reason)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if ok {
+				cancelled++
+			}
+		}
+		// A full batch of which none could be cancelled (each ended
+		// meanwhile) would come back the same: leave it to the next sweep.
+		if len(runs) < batch || cancelled == 0 {
+			return nil
+		}
 	}
-	return nil
 }
 
 // kickWaker tells the waker that a job of this process is due at t.
@@ -244,7 +259,10 @@ func (c *Client) waker(ctx context.Context) {
 		force := isDue
 		var promoted, notified int
 		var due *time.Time
-		err := c.pool.QueryRow(ctx, c.q.get("Wake"), c.cfg.Queue, c.notifyChannel, c.notifyPayload, force).Scan(&promoted, &notified, &due)
+		// The next due time is looked for only within the poll: a later
+		// one is found by a later poll, so jobs scheduled far ahead are
+		// never read.
+		err := c.pool.QueryRow(ctx, c.q.get("Wake"), c.cfg.Queue, c.notifyChannel, c.notifyPayload, force, poll.Seconds()).Scan(&promoted, &notified, &due)
 		next, isDue = time.Now().Add(poll), false
 		if err != nil {
 			if ctx.Err() != nil {

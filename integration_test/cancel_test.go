@@ -141,8 +141,15 @@ func TestConcurrentCancelEmitsOneCancelledEvent(t *testing.T) {
 	// wakes and completes; theirs do not, and their jobs are cancelled.
 	ctl := waitRunsDone(t, c, []string{control}, lastWake.Add(30*time.Second))[0]
 	require.Equal(t, durable.RunCompleted, ctl.Status, "control run %s: %q %s", ctl.ID, ctl.Error, describeSteps(ctl))
+	// Until every nap is over (a job not cancelled would then run), no
+	// cancelled run may wake.
 	if d := time.Until(lastWake.Add(500 * time.Millisecond)); d > 0 {
-		time.Sleep(d) // every nap is over by now: a job not cancelled would run
+		never(t, d, "a cancelled run woke from its nap", func() (bool, error) {
+			var n int
+			err := e.pool.QueryRow(e.ctx, e.sql(`SELECT count(*) FROM {{schema}}.outcomes
+				WHERE fn = 'sleeper' AND run_id = ANY($1)`), victims).Scan(&n)
+			return n > 0, err
+		})
 	}
 	naps := e.outcomesByRun("sleeper")
 	assert.Len(t, naps, 1, "runs that woke from their nap: %v", naps)

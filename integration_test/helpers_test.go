@@ -141,8 +141,33 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, erro
 		if time.Now().After(deadline) {
 			require.FailNowf(t, "timed out", "waiting %s for %s", d, what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // the poll interval
 	}
+}
+
+// never checks cond every 10 ms for d and fails the test if it ever holds
+// (what says what must not happen). cond runs on another goroutine, so it
+// returns its error instead of failing the test: an error counts as "not
+// holding" for the check, and the first one fails the test once d is over.
+func never(t *testing.T, d time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	var mu sync.Mutex
+	var firstErr error
+	require.Never(t, func() bool {
+		ok, err := cond()
+		if err != nil {
+			mu.Lock()
+			if firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+			return false
+		}
+		return ok
+	}, d, 10*time.Millisecond, what)
+	mu.Lock()
+	defer mu.Unlock()
+	require.NoError(t, firstErr, "checking for: %s", what)
 }
 
 // syncBuffer collects a process's output.

@@ -204,7 +204,7 @@ func TestWaitTimeoutRacesEvent(t *testing.T) {
 			plans[i] = plan{wake: wake, offset: offset, eventID: fmt.Sprintf("%s-go-%02d", tag, i)}
 			senders.Go(func() {
 				p := &plans[i]
-				time.Sleep(time.Until(p.wake.Add(p.offset)))
+				time.Sleep(time.Until(p.wake.Add(p.offset))) // the scenario: send at the planned moment
 				p.start = time.Now()
 				_, p.err = sender.Send(ctxFor(t, 30*time.Second), durable.Event{ID: p.eventID, Name: "tmo/go", Data: M{"k": keys[i]}})
 				p.end = time.Now()

@@ -79,6 +79,7 @@ SELECT pg_notify($1, $2);
 SELECT r.function_id, r.status, r.events, r.owner, r.epoch, r.fn_attempts, r.wake_at, r.error,
     r.start_deadline < now() AS start_expired, r.finish_deadline < now() AS finish_expired,
     coalesce(w.heartbeat_at > now() - make_interval(secs => $2::float8), false) AS owner_alive,
+    r.log_lines,
     coalesce((
         SELECT json_agg(json_build_object(
             'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
@@ -111,9 +112,18 @@ WITH r AS (
         finish_deadline = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN NULL
             ELSE coalesce(finish_deadline, now() + finish_timeout) END,
         ended_at    = CASE WHEN $4 IN ('completed', 'failed', 'cancelled') THEN now() END,
+        log_lines   = greatest(log_lines, $22),
         updated_at  = now()
     WHERE id = $1 AND epoch = $3 AND status IN ('queued', 'running')
     RETURNING id
+), x AS (
+    -- A failed run shows no step still sleeping, waiting or retrying (the
+    -- steps this statement writes are left to s).
+    UPDATE {{schema}}.durable_step SET status = 'cancelled', wake_at = NULL, updated_at = now()
+    FROM r
+    WHERE $4 = 'failed' AND durable_step.run_id = r.id AND durable_step.status IN ('sleeping', 'waiting', 'retrying')
+      AND durable_step.key <> ALL($9::text[])
+    RETURNING 1
 ), s AS (
     INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
     SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child
@@ -138,12 +148,16 @@ SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM j), (SELECT coalesce(sum(
 -- Events of a name committed after the snapshot $2 was taken (when a wait
 -- began): still in progress then, or begun later. received_at only bounds
 -- the index scan (a sending transaction open for more than an hour before
--- the wait began would be missed).
-SELECT id, name, data, ts FROM {{schema}}.durable_event
+-- the wait began would be missed). One page of at most $6 events, those
+-- after the key ($4, $5) in (received_at, id) order: the caller pages on
+-- from the last one it got (the plain received_at >= $4 starts the index
+-- range there).
+SELECT id, name, data, ts, received_at FROM {{schema}}.durable_event
 WHERE name = $1 AND received_at > $3::timestamptz - interval '1 hour'
+  AND received_at >= $4::timestamptz AND (received_at, id) > ($4::timestamptz, $5::text)
   AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot)
 ORDER BY received_at, id
-LIMIT 1000;
+LIMIT $6;
 
 -- name: ListenName
 INSERT INTO {{schema}}.durable_listened_name (name) VALUES ($1) ON CONFLICT DO NOTHING;
@@ -190,7 +204,7 @@ WHERE status IN ('queued', 'running')
         -- only at its first step boundary
         AND NOT EXISTS (SELECT 1 FROM {{schema}}.river_job j WHERE j.id = job_id AND j.state = 'running'))
        OR finish_deadline < now())
-LIMIT 100;
+LIMIT $1;
 
 -- name: LockRun
 SELECT 1 FROM {{schema}}.durable_run WHERE id = $1 FOR UPDATE;
@@ -202,11 +216,16 @@ SELECT count(*) FROM {{schema}}.durable_step
 WHERE run_id = $1 AND key = ANY($2::text[]) AND status <> 'waiting';
 
 -- name: CancelCandidates
-SELECT id, events -> 0 FROM {{schema}}.durable_run
+-- One page of at most $6 live runs of a function, those after the key
+-- ($4, $5) in (created_at, id) order (runs created in one transaction
+-- share created_at): the caller pages on from the last one it got.
+SELECT id, events -> 0, created_at FROM {{schema}}.durable_run
 WHERE function_id = $1 AND status IN ('queued', 'running')
   AND ($2::timestamptz IS NULL OR created_at > $2)
   AND ($3::timestamptz IS NULL OR created_at < $3)
-ORDER BY created_at;
+  AND created_at >= $4::timestamptz AND (created_at, id) > ($4::timestamptz, $5::text)
+ORDER BY created_at, id
+LIMIT $6;
 
 -- name: ClaimCronTick
 INSERT INTO {{schema}}.durable_cron_tick (function_id, tick, run_id) VALUES ($1, $2, '')
@@ -336,7 +355,14 @@ SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n);
 -- name: Wake
 -- Makes scheduled jobs that are due available and tells the producers
 -- (when any is due, or when $4 forces it), instead of waiting for River's
--- scheduler (every 5 s) or a producer's poll; returns the next due time.
+-- scheduler (every 5 s) or a producer's poll; returns the next due time if
+-- it is within $5 seconds (the caller looks again by then anyway).
+-- Every part reads an index range, never the jobs scheduled far ahead (an
+-- Invoke without timeout waits ten years) nor a backlog of available ones:
+-- scheduled jobs by durable_river_job_scheduled_idx; available jobs due
+-- later (River makes a short snooze available at once, due at its end) by
+-- River's fetching index, one range per priority (River allows 1 to 4);
+-- the jobs made available by primary key.
 WITH due AS (
     SELECT id FROM {{schema}}.river_job
     WHERE state = 'scheduled' AND queue = $1 AND scheduled_at <= now()
@@ -344,12 +370,30 @@ WITH due AS (
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 ), upd AS (
+    -- By primary key: a join with due is planned as a hash join over a
+    -- sequential scan of river_job.
     UPDATE {{schema}}.river_job j SET state = 'available'
-    FROM due WHERE j.id = due.id
+    WHERE j.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING j.id
 ), n AS (
     SELECT pg_notify($2, $3) WHERE EXISTS (SELECT 1 FROM upd) OR $4::boolean
 )
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n),
-    (SELECT min(scheduled_at) FROM {{schema}}.river_job
-     WHERE state IN ('scheduled', 'available') AND queue = $1 AND scheduled_at > now());
+    least(
+        (SELECT min(scheduled_at) FROM {{schema}}.river_job
+         WHERE state = 'scheduled' AND queue = $1
+           AND scheduled_at > now() AND scheduled_at <= now() + make_interval(secs => $5::float8)),
+        (SELECT min(scheduled_at) FROM {{schema}}.river_job
+         WHERE state = 'available' AND queue = $1 AND priority IN (1, 2, 3, 4)
+           AND scheduled_at > now() AND scheduled_at <= now() + make_interval(secs => $5::float8)));
+
+-- name: ClaimRun
+-- An attempt takes the run before calling the function: from then on the
+-- run shows as running (with its start time), and every write of the
+-- attempt is fenced on its owner token.
+UPDATE {{schema}}.durable_run SET
+    owner = $2, epoch = epoch + 1, status = 'running',
+    started_at = coalesce(started_at, now()), start_deadline = NULL,
+    finish_deadline = coalesce(finish_deadline, now() + finish_timeout),
+    updated_at = now()
+WHERE id = $1 AND epoch = $3 AND status IN ('queued', 'running');

@@ -147,17 +147,27 @@ func run(ctx context.Context) error {
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("the app's own job did not run")
 	}
+	// Watch the run, for 10 s at most.
+	const watchFor = 10 * time.Second
+	waitCtx, cancel := context.WithTimeout(ctx, watchFor)
+	defer cancel()
 	var runs []*durable.Run
-	for len(runs) == 0 {
-		if runs, err = dc.RunsForEvent(ctx, eventID); err != nil {
-			return err
+	for {
+		if runs, err = dc.RunsForEvent(waitCtx, eventID); err != nil {
+			return fmt.Errorf("looking for the run of event %s: %w", eventID, err)
+		}
+		if len(runs) > 0 {
+			break
+		}
+		select {
+		case <-waitCtx.Done():
+			return fmt.Errorf("no run for event %s after %s", eventID, watchFor)
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	r, err := dc.WaitRun(waitCtx, runs[0].ID)
 	if err != nil {
-		return err
+		return fmt.Errorf("run %s did not end within %s: %w", runs[0].ID, watchFor, err)
 	}
 	fmt.Printf("durable run %s on the app's River client: %s, result %s\n", r.FunctionID, r.Status, r.Output)
 	if r.Status != durable.RunCompleted {

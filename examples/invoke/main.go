@@ -200,8 +200,10 @@ func run(ctx context.Context) error {
 	return errors.Join(problems...)
 }
 
-// runOf returns the ID of the run an event started.
+// runOf returns the ID of the run an event started, waiting 10 s at most.
 func runOf(ctx context.Context, client *durable.Client, eventID string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	for {
 		runs, err := client.RunsForEvent(ctx, eventID)
 		if err != nil {
@@ -212,7 +214,7 @@ func runOf(ctx context.Context, client *durable.Client, eventID string) (string,
 		}
 		select {
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return "", fmt.Errorf("no run for event %s: %w", eventID, ctx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

@@ -127,18 +127,27 @@ func run(ctx context.Context) error {
 	}
 	fmt.Printf("sent order/created %s (event %s)\n", order.ID, eventID)
 
-	// 5. Watch the run.
+	// 5. Watch the run, for 30 s at most.
+	const watchFor = 30 * time.Second
+	waitCtx, cancel := context.WithTimeout(ctx, watchFor)
+	defer cancel()
 	var runs []*durable.Run
-	for len(runs) == 0 {
-		if runs, err = client.RunsForEvent(ctx, eventID); err != nil {
-			return err
+	for {
+		if runs, err = client.RunsForEvent(waitCtx, eventID); err != nil {
+			return fmt.Errorf("looking for the run of event %s: %w", eventID, err)
+		}
+		if len(runs) > 0 {
+			break
+		}
+		select {
+		case <-waitCtx.Done():
+			return fmt.Errorf("no run for event %s after %s", eventID, watchFor)
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	run, err := client.WaitRun(waitCtx, runs[0].ID)
 	if err != nil {
-		return err
+		return fmt.Errorf("run %s did not end within %s: %w", runs[0].ID, watchFor, err)
 	}
 	fmt.Printf("run %s of %s: %s in %s\n", run.ID, run.FunctionID, run.Status, run.EndedAt.Sub(run.CreatedAt).Round(time.Millisecond))
 	for _, s := range run.Steps {

@@ -18,7 +18,11 @@
 //     missing value along a field path is null too:
 //     `event.data.missing.deeper == null` is true. Using null where a number
 //     or string is required (`event.data.missing > 5`) is an evaluation
-//     error.
+//     error; when the null comes from a missing member, the error is a
+//     *MissingFieldError naming the expression and the field (see
+//     missing.go), so that a filter on an optional field simply does not
+//     match: Program.Bool returns false and the error, which callers can
+//     detect with IsMissingField and log quietly.
 //   - has(x.f) reports whether key f is actually present in x (a key
 //     holding JSON null is present); on a null x it is false.
 //   - A nil event or async map is null: `async == null` is true and
@@ -159,6 +163,9 @@ type Program struct {
 	eqOnce sync.Once
 	eq     Equality
 	eqOK   bool
+
+	// miss attributes evaluation failures to missing fields.
+	miss *missingTracker
 }
 
 // Compile parses and type-checks src for the given variable set. Errors
@@ -177,10 +184,12 @@ func Compile(src string, vars Vars) (*Program, error) {
 	if iss != nil && iss.Err() != nil {
 		return nil, fmt.Errorf("expr: invalid expression: %w", iss.Err())
 	}
-	prg, err := celEnv.Program(checked, cel.CostLimit(costLimit))
+	miss := newMissingTracker(src, checked.NativeRep().Expr())
+	prg, err := celEnv.Program(checked, cel.CostLimit(costLimit), cel.CustomDecoratorV2(miss.decorate))
 	if err != nil {
 		return nil, fmt.Errorf("expr: invalid expression %q: %w", src, err)
 	}
+	miss.finish()
 	out := checked.OutputType()
 	return &Program{
 		src:       src,
@@ -188,6 +197,7 @@ func Compile(src string, vars Vars) (*Program, error) {
 		prg:       prg,
 		checked:   checked,
 		boolOrDyn: out.IsExactType(types.BoolType) || out.IsExactType(types.DynType),
+		miss:      miss,
 	}, nil
 }
 
@@ -200,15 +210,25 @@ func (p *Program) Source() string { return p.src }
 func (p *Program) OutputIsBoolOrDyn() bool { return p.boolOrDyn }
 
 // Bool evaluates the program to a boolean. A result that is not a bool is
-// an error, as is any evaluation error (e.g. comparing null with a number).
-// async is ignored for programs compiled with EventOnly.
+// an error, as is any evaluation error (e.g. comparing a string with a
+// number). When evaluation fails because a field the expression uses is
+// missing (`event.data.amount > 100` without data.amount, or
+// `event.data.flag` without data.flag), Bool returns false and a
+// *MissingFieldError: the filter does not match, and the caller can tell
+// this expected outcome from a real error with IsMissingField. async is
+// ignored for programs compiled with EventOnly.
 func (p *Program) Bool(event, async map[string]any) (bool, error) {
-	v, err := p.eval(event, async)
+	v, act, err := p.evalAct(event, async)
 	if err != nil {
 		return false, err
 	}
 	b, ok := v.(types.Bool)
 	if !ok {
+		if _, isNull := v.(types.Null); isNull && p.checked != nil {
+			if field, ok := missingField(act, p.checked.NativeRep().Expr()); ok {
+				return false, &MissingFieldError{Expr: p.src, Field: field}
+			}
+		}
 		return false, fmt.Errorf("expr: %q evaluated to %s, want bool", p.src, typeName(v))
 	}
 	return bool(b), nil
@@ -217,7 +237,9 @@ func (p *Program) Bool(event, async map[string]any) (bool, error) {
 // Value evaluates the program and returns its result as a Go value: nil,
 // bool, int64, uint64, float64, string, []byte, time.Time, time.Duration,
 // map[string]any or []any (with elements converted likewise). Maps taken
-// from the input are returned as is and must not be modified.
+// from the input are returned as is and must not be modified. A missing
+// field read as a value is nil; a failure caused by a missing field
+// (`event.data.missing + "x"`) is a *MissingFieldError, as for Bool.
 func (p *Program) Value(event, async map[string]any) (any, error) {
 	v, err := p.eval(event, async)
 	if err != nil {
@@ -293,25 +315,35 @@ func topLevel(m map[string]any) any {
 	return &jsonMap{m: m}
 }
 
-func (p *Program) eval(event, async map[string]any) (out ref.Val, err error) {
+func (p *Program) eval(event, async map[string]any) (ref.Val, error) {
+	v, _, err := p.evalAct(event, async)
+	return v, err
+}
+
+// evalAct evaluates the program and also returns the activation used. An
+// error caused by a missing field is returned as a bare *MissingFieldError.
+func (p *Program) evalAct(event, async map[string]any) (out ref.Val, act *activation, err error) {
 	if p == nil || p.prg == nil {
-		return nil, errors.New("expr: evaluating a nil Program")
+		return nil, nil, errors.New("expr: evaluating a nil Program")
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			out, err = nil, fmt.Errorf("expr: evaluating %q: panic: %v", p.src, r)
+			out, act, err = nil, nil, fmt.Errorf("expr: evaluating %q: panic: %v", p.src, r)
 		}
 	}()
-	act := &activation{event: topLevel(event)}
+	act = &activation{event: topLevel(event)}
 	if p.vars == EventAndAsync {
 		act.withAsync = true
 		act.async = topLevel(async)
 	}
 	v, _, err := p.prg.Eval(act)
 	if err != nil {
-		return nil, fmt.Errorf("expr: evaluating %q: %w", p.src, err)
+		if mf, ok := IsMissingField(err); ok {
+			return nil, nil, mf
+		}
+		return nil, nil, fmt.Errorf("expr: evaluating %q: %w", p.src, err)
 	}
-	return v, nil
+	return v, act, nil
 }
 
 func typeName(v ref.Val) string {

@@ -147,9 +147,10 @@ func TestBoolAccess(t *testing.T) {
 func TestMissingAndNull(t *testing.T) {
 	const data = `{"present": 1, "nothing": null, "obj": {"a": 1}, "list": [null, {"a": 2}], "s": "x"}`
 	tests := []struct {
-		src     string
-		want    bool
-		wantErr string // substring of the evaluation error, if any
+		src         string
+		want        bool
+		wantErr     string // substring of the evaluation error, if any
+		wantMissing string // the missing field, if the error is a *MissingFieldError
 	}{
 		{src: `event.data.missing == null`, want: true},
 		{src: `null == event.data.missing`, want: true},
@@ -171,11 +172,15 @@ func TestMissingAndNull(t *testing.T) {
 		{src: `event.data.list[1].a == 2`, want: true},
 		{src: `event.data.list[1].b.c == null`, want: true},
 		{src: `event.data.list[0] == null`, want: true},
-		// Comparing null with a number is an error, not a panic or a silent false.
-		{src: `event.data.missing > 5`, wantErr: "no such overload"},
-		{src: `event.data.missing.deeper < 5`, wantErr: "no such overload"},
-		{src: `event.data.missing + 1 == 2`, wantErr: "no such overload"},
-		{src: `event.data.missing.startsWith("a")`, wantErr: "no such overload"},
+		// Comparing a missing member with a number is a MissingFieldError,
+		// not a panic or a silent false.
+		{src: `event.data.missing > 5`, wantMissing: "event.data.missing"},
+		{src: `event.data.missing.deeper < 5`, wantMissing: "event.data.missing"},
+		{src: `event.data.missing + 1 == 2`, wantMissing: "event.data.missing"},
+		{src: `event.data.missing.startsWith("a")`, wantMissing: "event.data.missing"},
+		// A member holding null is present: using it is an ordinary error.
+		{src: `event.data.nothing > 5`, wantErr: "no such overload"},
+		{src: `event.data.nothing.deeper > 5`, wantMissing: "event.data.nothing.deeper"},
 		{src: `event.data.missing == "x"`, want: false},
 		{src: `event.data.missing == 0`, want: false},
 		// CEL's error absorption in logical operators.
@@ -200,16 +205,24 @@ func TestMissingAndNull(t *testing.T) {
 		{src: `event.data.list[5] == null`, wantErr: "index out of bounds"},
 		{src: `event.data.s > 5`, wantErr: "no such overload"},
 		{src: `event.data.s.x == null`, wantErr: "no such key"},
-		{src: `event.data.missing[0] == null`, wantErr: "no such key"},
+		{src: `event.data.missing[0] == null`, wantMissing: "event.data.missing"},
+		{src: `event.data.nothing[0] == null`, wantErr: "no such key"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.src, func(t *testing.T) {
 			p, err := Compile(tc.src, EventOnly)
 			require.NoError(t, err)
 			got, err := p.Bool(ev(t, data), nil)
+			if tc.wantMissing != "" {
+				require.Equal(t, &MissingFieldError{Expr: tc.src, Field: tc.wantMissing}, err)
+				require.False(t, got)
+				return
+			}
 			if tc.wantErr != "" {
 				require.Error(t, err)
 				require.Contains(t, err.Error(), tc.wantErr)
+				_, isMissing := IsMissingField(err)
+				require.False(t, isMissing, "%v", err)
 				require.False(t, got)
 				return
 			}
@@ -371,11 +384,11 @@ func TestOutputIsBoolOrDyn(t *testing.T) {
 }
 
 func TestBoolNotBool(t *testing.T) {
-	for _, src := range []string{`"hello"`, `event.data.n`, `event.data.missing`, `event.data`} {
+	for _, src := range []string{`"hello"`, `event.data.n`, `event.data.nothing`, `event.data`} {
 		t.Run(src, func(t *testing.T) {
 			p, err := Compile(src, EventOnly)
 			require.NoError(t, err)
-			_, err = p.Bool(ev(t, `{"n": 1}`), nil)
+			_, err = p.Bool(ev(t, `{"n": 1, "nothing": null}`), nil)
 			require.Error(t, err)
 			require.Contains(t, err.Error(), "want bool")
 		})
@@ -439,7 +452,8 @@ func TestValueErrors(t *testing.T) {
 		src     string
 		wantErr string
 	}{
-		{`event.data.missing + "x"`, "no such overload"},
+		{`event.data.missing + "x"`, `field "event.data.missing" is missing`},
+		{`event.data.n + "x"`, "no such overload"},
 		{`1 / 0`, "division by zero"},
 		// Arithmetic stays strict: there is no double + int overload.
 		{`event.data.n + 1`, "no such overload"},

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS {{schema}}.durable_river_job_scheduled_idx;
