@@ -53,10 +53,10 @@ type outcome struct {
 	err  error     // outCancelled, outTransient: why
 }
 
-func done() outcome                     { return outcome{kind: outDone} }
-func requeueAt(t time.Time) outcome     { return outcome{kind: outRequeue, at: t} }
-func transient(err error) outcome       { return outcome{kind: outTransient, err: err} }
-func cancelled(reason error) outcome    { return outcome{kind: outCancelled, err: reason} }
+func done() outcome                      { return outcome{kind: outDone} }
+func requeueAt(t time.Time) outcome      { return outcome{kind: outRequeue, at: t} }
+func transient(err error) outcome        { return outcome{kind: outTransient, err: err} }
+func cancelled(reason error) outcome     { return outcome{kind: outCancelled, err: reason} }
 func suspendOutcome(t time.Time) outcome { return outcome{kind: outSuspend, at: t} }
 
 // river translates the outcome into River's answer for the job.

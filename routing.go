@@ -194,8 +194,7 @@ func (c *Client) act(ctx context.Context, tx pgx.Tx, events []eventJSON, byName 
 				}
 				ok, err := c.evalFilter(t.ifExpr, evMap)
 				if err != nil {
-					c.logger.WarnContext(ctx, "durable: trigger filter failed; the event does not start this function",
-						"function_id", t.fn, "event_id", e.ID, "if", t.ifExpr, "error", err)
+					c.filterFailed(ctx, "trigger filter", err, "function_id", t.fn, "event_id", e.ID)
 					continue
 				}
 				if !ok {
@@ -246,6 +245,9 @@ func (c *Client) deliver(ctx context.Context, tx pgx.Tx, e eventJSON, cands []wa
 				continue
 			}
 			ok, err := c.evalWait(k.ifExpr, runEvent.asMap(), evMap)
+			if err != nil {
+				c.filterFailed(ctx, k.kind+" condition", err, "run_id", k.runID, "event_id", e.ID)
+			}
 			if err != nil || !ok {
 				continue
 			}
@@ -401,4 +403,17 @@ func (c *Client) warnUnmatched(ctx context.Context, e eventJSON) {
 	}
 	c.logger.WarnContext(ctx, "durable: an event started no run and matched no wait: no registered function has a trigger on its name (functions become known when a process that has them calls Register or Start); logged once per name",
 		"event_name", e.Name, "event_id", e.ID)
+}
+
+// filterFailed logs a filter whose evaluation failed; the filter does not
+// match. A comparison with a field the event lacks is expected (the filter
+// is false) and logged at Debug, naming the expression and the field;
+// anything else is a Warn.
+func (c *Client) filterFailed(ctx context.Context, what string, err error, attrs ...any) {
+	if mf, ok := expr.IsMissingField(err); ok {
+		c.logger.DebugContext(ctx, "durable: "+what+" compares a missing field; it does not match",
+			append(attrs, "expr", mf.Expr, "field", mf.Field)...)
+		return
+	}
+	c.logger.WarnContext(ctx, "durable: "+what+" failed to evaluate; it does not match", append(attrs, "error", err)...)
 }

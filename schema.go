@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgdurable/durable/migrate"
 )
 
 // explain turns the error of a statement on a schema that was never
@@ -18,26 +20,18 @@ func (c *Client) explain(err error) error {
 		switch pg.Code {
 		case "42P01", "3F000", "42883": // undefined table, schema, function
 			return fmt.Errorf("durable: schema %q is not migrated (%s): run migrate.Up(ctx, pool, %q) first: %w",
-				c.schema, pg.Message, c.schema, errors.Join(errNotMigratedTmp, err))
+				c.schema, pg.Message, c.schema, errors.Join(migrate.ErrNotMigrated, err))
 		}
 	}
 	return err
 }
 
-// checkMigrated fails with an error saying to run migrate.Up when the
-// client's schema is not at the current version.
+// checkMigrated fails with an error wrapping migrate.ErrNotMigrated, saying
+// to run migrate.Up, when the client's schema is not at the current
+// version.
 func (c *Client) checkMigrated(ctx context.Context) error {
-	var ok bool
-	if err := c.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", c.schema+".durable_run").Scan(&ok); err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("durable: schema %q is not migrated: run migrate.Up(ctx, pool, %q) first: %w", c.schema, c.schema, errNotMigratedTmp)
-	}
-	return nil
+	return migrate.Check(ctx, c.pool, c.schema)
 }
-
-var errNotMigratedTmp = errors.New("not migrated") // TODO(helper): migrate.ErrNotMigrated
 
 // checkMigratedAtBuild is NewClient's check: it fails only when the schema
 // is known to be unmigrated. A database that cannot be reached now does not
@@ -45,7 +39,7 @@ var errNotMigratedTmp = errors.New("not migrated") // TODO(helper): migrate.ErrN
 func (c *Client) checkMigratedAtBuild() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := c.checkMigrated(ctx); errors.Is(err, errNotMigratedTmp) {
+	if err := c.checkMigrated(ctx); errors.Is(err, migrate.ErrNotMigrated) {
 		return err
 	}
 	return nil

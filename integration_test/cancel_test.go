@@ -159,7 +159,7 @@ func TestConcurrentCancelEmitsOneCancelledEvent(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, durable.RunCancelled, run.Status, "run %s after its nap would have ended", id)
 		if s := stepByID(run, "nap"); assert.NotNil(t, s) {
-			assert.Equal(t, "sleeping", s.Status, "run %s: nap step", id)
+			assert.Equal(t, "cancelled", s.Status, "run %s: nap step (a cancelled run shows no step still sleeping)", id)
 		}
 		assert.Nil(t, stepByID(run, "after-nap"), "run %s: step after the nap", id)
 		var state string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -317,7 +319,9 @@ func TestMigrationsAppliedByHand(t *testing.T) {
 	for _, name := range durableTables {
 		require.Contains(t, got, name)
 	}
-	// The files record their versions, so Up finds nothing left to do.
+	// The files record their versions, so Check passes and Up finds
+	// nothing left to do.
+	require.NoError(t, migrate.Check(ctx, pool, schema))
 	require.NoError(t, migrate.Up(ctx, pool, schema))
 
 	// And the downs, in reverse order, take it all away again.
@@ -344,4 +348,124 @@ func TestUpWithAPoolOfOneConnection(t *testing.T) {
 	defer cancel()
 	require.NoError(t, migrate.Up(ctx, pool, schema))
 	requireInstalled(t, pool, schema)
+}
+
+// requirePrefixed checks that err is one of this package's errors: it
+// starts with "durable: " and contains every one of want.
+func requirePrefixed(t *testing.T, err error, want ...string) {
+	t.Helper()
+	require.Error(t, err)
+	require.True(t, strings.HasPrefix(err.Error(), "durable: "), "error without the durable: prefix: %v", err)
+	for _, w := range want {
+		require.Contains(t, err.Error(), w)
+	}
+}
+
+func TestErrorsArePrefixed(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	ctx := t.Context()
+
+	t.Run("invalid schema name", func(t *testing.T) {
+		const name = "Bad-Name"
+		requirePrefixed(t, migrate.Up(ctx, pool, name), "durable: migrate: ", name)
+		requirePrefixed(t, migrate.Down(ctx, pool, name, true), "durable: migrate: ", name)
+		_, err := migrate.Migrations(name)
+		requirePrefixed(t, err, "durable: migrate: ", name)
+		err = migrate.Check(ctx, pool, name)
+		requirePrefixed(t, err, "durable: migrate: ", name)
+		require.NotErrorIs(t, err, migrate.ErrNotMigrated)
+	})
+
+	t.Run("closed pool", func(t *testing.T) {
+		closed, err := pgxpool.New(ctx, dbURL(t))
+		require.NoError(t, err)
+		closed.Close()
+		requirePrefixed(t, migrate.Up(ctx, closed, "m_closed"), `durable: migrate: schema "m_closed": `)
+		requirePrefixed(t, migrate.Down(ctx, closed, "m_closed", true), `durable: migrate: schema "m_closed": `)
+		err = migrate.Check(ctx, closed, "m_closed")
+		requirePrefixed(t, err, `durable: migrate: schema "m_closed": `)
+		require.NotErrorIs(t, err, migrate.ErrNotMigrated)
+	})
+
+	t.Run("nil pool", func(t *testing.T) {
+		requirePrefixed(t, migrate.Up(ctx, nil, "m_nil"), `durable: migrate: schema "m_nil": `)
+		requirePrefixed(t, migrate.Down(ctx, nil, "m_nil", false), `durable: migrate: schema "m_nil": `)
+		requirePrefixed(t, migrate.Check(ctx, nil, "m_nil"), `durable: migrate: schema "m_nil": `)
+	})
+
+	t.Run("failing migration names its file", func(t *testing.T) {
+		schema := newSchema(t, pool)
+		// A table in the way of the first migration.
+		_, err := pool.Exec(ctx, `CREATE SCHEMA "`+schema+`"; CREATE TABLE "`+schema+`".durable_function (x int)`)
+		require.NoError(t, err)
+		requirePrefixed(t, migrate.Up(ctx, pool, schema),
+			fmt.Sprintf(`durable: migrate: schema %q: 001_core.up.sql: `, schema), "already exists")
+	})
+}
+
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	schema := newSchema(t, pool)
+	ctx := t.Context()
+	upHint := fmt.Sprintf("run migrate.Up(ctx, pool, %q) first", schema)
+
+	requireNotMigrated := func(t *testing.T, want ...string) {
+		t.Helper()
+		err := migrate.Check(ctx, pool, schema)
+		require.ErrorIs(t, err, migrate.ErrNotMigrated)
+		requirePrefixed(t, err, append([]string{fmt.Sprintf("durable: schema %q ", schema), upHint}, want...)...)
+	}
+
+	// No schema at all, then an empty schema.
+	requireNotMigrated(t, "is not migrated")
+	_, err := pool.Exec(ctx, `CREATE SCHEMA "`+schema+`"`)
+	require.NoError(t, err)
+	requireNotMigrated(t, "is not migrated")
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, migrate.Check(ctx, pool, schema), &pgErr)
+
+	// Migrated: nil, also through a connection and a transaction.
+	require.NoError(t, migrate.Up(ctx, pool, schema))
+	require.NoError(t, migrate.Check(ctx, pool, schema))
+	conn, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	require.NoError(t, migrate.Check(ctx, conn.Conn(), schema))
+	conn.Release()
+	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return migrate.Check(ctx, tx, schema)
+	}))
+
+	// The library's newest migration missing: "current" is the newest
+	// embedded one, whatever its number.
+	durable := versions(t, schema, "durable")
+	latest := durable[len(durable)-1]
+	river := versions(t, schema, "river")
+	riverLatest := river[len(river)-1]
+	// (Forgetting a version only in the records, as a schema that missed
+	// it would look; the records are restored afterwards.)
+	_, err = pool.Exec(ctx, `DELETE FROM "`+schema+`".durable_migration WHERE version = $1`, latest)
+	require.NoError(t, err)
+	requireNotMigrated(t, "is not at the current version",
+		fmt.Sprintf("durable version %d of %d", durable[len(durable)-2], latest),
+		fmt.Sprintf("River version %d of %d", riverLatest, riverLatest))
+	_, err = pool.Exec(ctx, `INSERT INTO "`+schema+`".durable_migration (version, name) VALUES ($1, 'x')`, latest)
+	require.NoError(t, err)
+	require.NoError(t, migrate.Check(ctx, pool, schema))
+
+	// River's newest migration missing.
+	_, err = pool.Exec(ctx, `DELETE FROM "`+schema+`".river_migration WHERE line = 'main' AND version = $1`, riverLatest)
+	require.NoError(t, err)
+	requireNotMigrated(t, fmt.Sprintf("durable version %d of %d", latest, latest),
+		fmt.Sprintf("River version %d of %d", river[len(river)-2], riverLatest))
+	_, err = pool.Exec(ctx, `INSERT INTO "`+schema+`".river_migration (line, version) VALUES ('main', $1)`, riverLatest)
+	require.NoError(t, err)
+	require.NoError(t, migrate.Check(ctx, pool, schema))
+
+	// The library's tables gone, River's kept.
+	require.NoError(t, migrate.Down(ctx, pool, schema, false))
+	requireNotMigrated(t, "is not migrated", "durable_migration")
+	require.NoError(t, migrate.Up(ctx, pool, schema))
+	require.NoError(t, migrate.Check(ctx, pool, schema))
 }

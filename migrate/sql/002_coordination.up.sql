@@ -10,10 +10,7 @@ ALTER TABLE {{schema}}.durable_run
     ADD COLUMN parent_step     text,
     ADD COLUMN start_deadline  timestamptz,
     ADD COLUMN finish_timeout  interval,
-    ADD COLUMN finish_deadline timestamptz,
-    -- Lines the function logged through durable.Logger (outside step
-    -- bodies) in earlier attempts: a replay skips as many.
-    ADD COLUMN log_lines       bigint NOT NULL DEFAULT 0;
+    ADD COLUMN finish_deadline timestamptz;
 CREATE INDEX durable_run_parent_idx ON {{schema}}.durable_run (parent_run_id) WHERE parent_run_id IS NOT NULL;
 -- No index predicate mentions status: updating status must stay a HOT
 -- update (the hot path updates the run row at every attempt).
@@ -203,13 +200,6 @@ BEGIN
     END IF;
 
     DELETE FROM {{schema}}.durable_wait WHERE run_id = p_run_id;
-    -- A cancelled run shows no step still sleeping, waiting or retrying.
-    -- (A failed run's end does the same in its own statement, which also
-    -- writes steps: see the Commit query.)
-    IF p_status = 'cancelled' THEN
-        UPDATE {{schema}}.durable_step SET status = 'cancelled', wake_at = NULL, updated_at = now()
-        WHERE run_id = p_run_id AND status IN ('sleeping', 'waiting', 'retrying');
-    END IF;
     RETURN n;
 END;
 $$;
