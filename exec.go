@@ -458,7 +458,7 @@ func (rs *runState) refusedSteps(ctx context.Context, err error, result json.Raw
 			return false
 		}
 		var ok int
-		e := rs.c.pool.QueryRow(check, "SELECT 1 FROM (SELECT $1::jsonb) AS x", []byte(raw)).Scan(&ok)
+		e := rs.c.pool.QueryRow(check, rs.c.q.get("CheckJSON"), []byte(raw)).Scan(&ok)
 		return e != nil && classify(e) == classPermanent
 	}
 	var out []*stepRow

@@ -397,3 +397,8 @@ UPDATE {{schema}}.durable_run SET
     finish_deadline = coalesce(finish_deadline, now() + finish_timeout),
     updated_at = now()
 WHERE id = $1 AND epoch = $3 AND status IN ('queued', 'running');
+
+-- name: CheckJSON
+-- Whether Postgres stores a step's output as jsonb (it refuses \u0000, say):
+-- finds which step of a refused commit is to blame.
+SELECT 1 FROM (SELECT $1::jsonb) AS x;

@@ -351,7 +351,10 @@ type countingHandler struct {
 func (c *countingHandler) Enabled(ctx context.Context, l slog.Level) bool { return c.h.Enabled(ctx, l) }
 
 func (c *countingHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Level >= slog.LevelWarn {
+	// Section 6 sends, on purpose, events that match no trigger and no
+	// wait: the library's once-per-name notice about them is expected.
+	expected := strings.Contains(r.Message, "an event started no run")
+	if r.Level >= slog.LevelWarn && !expected {
 		c.warns.Add(1)
 	}
 	if r.Level >= slog.LevelError {

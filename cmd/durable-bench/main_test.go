@@ -79,5 +79,13 @@ func TestSmoke(t *testing.T) {
 	require.GreaterOrEqual(t, strings.Count(report, "PASS")+strings.Count(report, "MISS"), 14)
 	// The matching Send of section 6 consumed one wait and resumed one run.
 	require.Regexp(t, `matching Send, 50 open waits: consumed / resumed\s+1 wait / 1 run\s+exactly 1 / 1\s+PASS`, report)
-	require.Empty(t, logs.String(), "the library logged warnings or errors")
+	// Section 6 sends events that match nothing on purpose; the library's
+	// once-per-name notice about them is the only line expected.
+	var unexpected []string
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if l != "" && !strings.Contains(l, "an event started no run") {
+			unexpected = append(unexpected, l)
+		}
+	}
+	require.Empty(t, unexpected, "the library logged warnings or errors")
 }

@@ -21,8 +21,10 @@
 // cancelled order in the app's table in a StepTx. The example checks that
 // it ran exactly once per cancelled run.
 //
-// It finds Postgres through DATABASE_URL, else the local server at
-// 127.0.0.1:5432, else a testcontainers Postgres when Docker is available.
+// It connects to DATABASE_URL (else TEST_DATABASE_URL, else
+// postgres://postgres@127.0.0.1:5432/postgres) and writes only to the
+// schema durable_example_cancel, which it drops and recreates on each run and
+// leaves afterwards for inspection.
 package main
 
 import (
@@ -36,7 +38,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgdurable/durable"
-	"github.com/pgdurable/durable/internal/testdb"
 	"github.com/pgdurable/durable/migrate"
 )
 
@@ -59,31 +60,27 @@ type Cancelled struct {
 	} `json:"event"` // the cancelled run's trigger
 }
 
-const schema = "cancel_example"
+// exampleSchema is the schema the example writes to.
+const exampleSchema = "durable_example_cancel"
 
 func main() {
-	if err := run(context.Background()); err != nil {
+	if err := run(context.Background(), databaseURL(), exampleSchema); err != nil {
 		fmt.Fprintln(os.Stderr, "cancel:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context) error {
-	url, err := testdb.URL(ctx)
-	if err != nil {
-		return err
-	}
-	pool, err := pgxpool.New(ctx, url)
+// run runs the example in schema of the database at url.
+func run(ctx context.Context, url, schema string) error {
+	pool, err := openSchema(ctx, url, schema)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := migrate.Up(ctx, pool, schema); err != nil {
-		return err
-	}
 	// The app's table of cancelled orders. No unique key on run_id: a
 	// second cleanup of the same run would show as a second row.
-	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS cancel_example.cancelled_orders (
+	cancelled := pgx.Identifier{schema, "cancelled_orders"}.Sanitize()
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+cancelled+` (
 		id bigserial PRIMARY KEY, run_id text NOT NULL, order_id text NOT NULL, batch text NOT NULL,
 		reason text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return err
@@ -108,7 +105,7 @@ func run(ctx context.Context) error {
 	}, func(ctx context.Context, in durable.Input[Cancelled]) (string, error) {
 		c := in.Event.Data
 		return durable.StepTx(ctx, "record", func(ctx context.Context, tx pgx.Tx) (string, error) {
-			_, err := tx.Exec(ctx, `INSERT INTO cancel_example.cancelled_orders (run_id, order_id, batch, reason)
+			_, err := tx.Exec(ctx, `INSERT INTO `+cancelled+` (run_id, order_id, batch, reason)
 				VALUES ($1, $2, $3, $4)`, c.RunID, c.Event.Data.OrderID, c.Event.Data.Batch, c.Error)
 			return c.Event.Data.OrderID, err // the row and the step commit together
 		})
@@ -204,7 +201,7 @@ func run(ctx context.Context) error {
 
 	// The cleanup function runs once per cancelled run.
 	count := func() (map[string]int, error) {
-		rows, err := pool.Query(ctx, `SELECT run_id, count(*) FROM cancel_example.cancelled_orders WHERE batch = $1 GROUP BY run_id`, batch)
+		rows, err := pool.Query(ctx, `SELECT run_id, count(*) FROM `+cancelled+` WHERE batch = $1 GROUP BY run_id`, batch)
 		if err != nil {
 			return nil, err
 		}
@@ -232,7 +229,7 @@ func run(ctx context.Context) error {
 	fmt.Println("record-cancellation runs per cancelled run:")
 	for i, id := range runIDs {
 		var reason string
-		if err := pool.QueryRow(ctx, `SELECT coalesce(min(reason), '') FROM cancel_example.cancelled_orders WHERE run_id = $1`, id).Scan(&reason); err != nil {
+		if err := pool.QueryRow(ctx, `SELECT coalesce(min(reason), '') FROM `+cancelled+` WHERE run_id = $1`, id).Scan(&reason); err != nil {
 			return err
 		}
 		fmt.Printf("  o%d run %s: %d (reason %q)\n", i+1, id, cleaned[id], reason)
@@ -282,4 +279,40 @@ func untilSleeping(ctx context.Context, client *durable.Client, runID string) er
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// databaseURL is DATABASE_URL, else TEST_DATABASE_URL, else the local
+// server with trust auth.
+func databaseURL() string {
+	for _, env := range []string{"DATABASE_URL", "TEST_DATABASE_URL"} {
+		if u := os.Getenv(env); u != "" {
+			return u
+		}
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// openSchema connects to url and gives the example a fresh schema: the one
+// an earlier run left is dropped and migrate.Up creates it again. It prints
+// where the example writes, without the password.
+func openSchema(ctx context.Context, url, schema string) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("bad database URL (set DATABASE_URL): %w", err)
+	}
+	c := pool.Config().ConnConfig
+	where := fmt.Sprintf("postgres://%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err = pool.Ping(pingCtx); err != nil {
+		err = fmt.Errorf("no Postgres answers at %s; set DATABASE_URL to a server you can reach: %w", where, err)
+	} else if _, err = pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err == nil {
+		err = migrate.Up(ctx, pool, schema)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	fmt.Printf("pgdurable example: writing to schema %q in %s (recreated on each run and kept afterwards; drop it with: DROP SCHEMA %s CASCADE)\n", schema, where, schema)
+	return pool, nil
 }

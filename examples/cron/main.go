@@ -23,8 +23,10 @@
 // A tick missed while no process ran (a deploy, say) is fired on start if
 // it is less than a minute old.
 //
-// It finds Postgres through DATABASE_URL, else the local server at
-// 127.0.0.1:5432, else a testcontainers Postgres when Docker is available.
+// It connects to DATABASE_URL (else TEST_DATABASE_URL, else
+// postgres://postgres@127.0.0.1:5432/postgres) and writes only to the
+// schema durable_example_cron, which it drops and recreates on each run and
+// leaves afterwards for inspection.
 package main
 
 import (
@@ -36,16 +38,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgdurable/durable"
-	"github.com/pgdurable/durable/internal/testdb"
 	"github.com/pgdurable/durable/migrate"
 )
 
 const (
-	schema = "cron_example"
-	spec   = "@every 2s"
+	// exampleSchema is the schema the example writes to.
+	exampleSchema = "durable_example_cron"
+	spec          = "@every 2s"
 	// watchFor is how long the two processes run.
 	watchFor = 5 * time.Second
 )
@@ -63,7 +66,7 @@ type observer struct {
 }
 
 func main() {
-	if err := run(context.Background()); err != nil {
+	if err := run(context.Background(), databaseURL(), exampleSchema); err != nil {
 		fmt.Fprintln(os.Stderr, "cron:", err)
 		os.Exit(1)
 	}
@@ -94,23 +97,16 @@ func newReport(process string, obs *observer) durable.Function {
 	})
 }
 
-func run(ctx context.Context) error {
-	url, err := testdb.URL(ctx)
-	if err != nil {
-		return err
-	}
-	pool, err := pgxpool.New(ctx, url)
+// run runs the example in schema of the database at url.
+func run(ctx context.Context, url, schema string) error {
+	pool, err := openSchema(ctx, url, schema)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := migrate.Up(ctx, pool, schema); err != nil {
-		return err
-	}
 
-	// Postgres's clock dates runs; runs created before this belong to an
-	// earlier execution of the example (left queued when it stopped) and
-	// are left out of the count.
+	// A tick before this was missed while no process ran; the processes
+	// fire it on start (it is less than a minute old).
 	var start time.Time
 	if err := pool.QueryRow(ctx, "SELECT now()").Scan(&start); err != nil {
 		return err
@@ -160,7 +156,6 @@ func run(ctx context.Context) error {
 		started []*durable.Run
 	}
 	var reports []report
-	leftovers := 0
 	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for _, tick := range ticks {
@@ -172,10 +167,6 @@ func run(ctx context.Context) error {
 		}
 		if len(started) == 0 {
 			problems = append(problems, fmt.Errorf("tick %s: the runs API knows no run of event %s", tick, runs[0].eventID))
-			continue
-		}
-		if started[0].CreatedAt.Before(start) {
-			leftovers++
 			continue
 		}
 		for i, r := range started {
@@ -196,9 +187,6 @@ func run(ctx context.Context) error {
 	}
 
 	fmt.Printf("ticks observed: %d\n", len(reports))
-	if leftovers > 0 {
-		fmt.Printf("  (and %d run(s) left queued by an earlier execution, finished now)\n", leftovers)
-	}
 	for _, r := range reports {
 		tick, started := r.tick, r.started
 		again, err := clients[0].RunsForEvent(ctx, r.runs[0].eventID)
@@ -229,4 +217,40 @@ func run(ctx context.Context) error {
 		fmt.Println("each tick started exactly one run")
 	}
 	return errors.Join(problems...)
+}
+
+// databaseURL is DATABASE_URL, else TEST_DATABASE_URL, else the local
+// server with trust auth.
+func databaseURL() string {
+	for _, env := range []string{"DATABASE_URL", "TEST_DATABASE_URL"} {
+		if u := os.Getenv(env); u != "" {
+			return u
+		}
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// openSchema connects to url and gives the example a fresh schema: the one
+// an earlier run left is dropped and migrate.Up creates it again. It prints
+// where the example writes, without the password.
+func openSchema(ctx context.Context, url, schema string) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("bad database URL (set DATABASE_URL): %w", err)
+	}
+	c := pool.Config().ConnConfig
+	where := fmt.Sprintf("postgres://%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err = pool.Ping(pingCtx); err != nil {
+		err = fmt.Errorf("no Postgres answers at %s; set DATABASE_URL to a server you can reach: %w", where, err)
+	} else if _, err = pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err == nil {
+		err = migrate.Up(ctx, pool, schema)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	fmt.Printf("pgdurable example: writing to schema %q in %s (recreated on each run and kept afterwards; drop it with: DROP SCHEMA %s CASCADE)\n", schema, where, schema)
+	return pool, nil
 }

@@ -15,6 +15,11 @@
 //     and never interrupts a live one);
 //   - start both: durable's Start then runs only its upkeep (heartbeats,
 //     recovery, punctual wake-ups).
+//
+// It connects to DATABASE_URL (else TEST_DATABASE_URL, else
+// postgres://postgres@127.0.0.1:5432/postgres) and writes only to the
+// schema durable_example_existing_river, which it drops and recreates on each run and
+// leaves afterwards for inspection.
 package main
 
 import (
@@ -29,11 +34,11 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/pgdurable/durable"
-	"github.com/pgdurable/durable/internal/testdb"
 	"github.com/pgdurable/durable/migrate"
 )
 
-const schema = "existing_river"
+// exampleSchema is the schema the example writes to.
+const exampleSchema = "durable_example_existing_river"
 
 // ResizeArgs is one of the app's own River jobs.
 type ResizeArgs struct {
@@ -56,25 +61,19 @@ func (w *ResizeWorker) Work(ctx context.Context, job *river.Job[ResizeArgs]) err
 }
 
 func main() {
-	if err := run(context.Background()); err != nil {
+	if err := run(context.Background(), databaseURL(), exampleSchema); err != nil {
 		fmt.Fprintln(os.Stderr, "existing-river:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context) error {
-	url, err := testdb.URL(ctx)
-	if err != nil {
-		return err
-	}
-	pool, err := pgxpool.New(ctx, url)
+// run runs the example in schema of the database at url.
+func run(ctx context.Context, url, schema string) error {
+	pool, err := openSchema(ctx, url, schema)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := migrate.Up(ctx, pool, schema); err != nil {
-		return err
-	}
 
 	welcome := durable.NewFunction(durable.FunctionOpts{
 		ID:       "welcome",
@@ -174,4 +173,40 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("run ended %s: %s", r.Status, r.Error)
 	}
 	return nil
+}
+
+// databaseURL is DATABASE_URL, else TEST_DATABASE_URL, else the local
+// server with trust auth.
+func databaseURL() string {
+	for _, env := range []string{"DATABASE_URL", "TEST_DATABASE_URL"} {
+		if u := os.Getenv(env); u != "" {
+			return u
+		}
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// openSchema connects to url and gives the example a fresh schema: the one
+// an earlier run left is dropped and migrate.Up creates it again. It prints
+// where the example writes, without the password.
+func openSchema(ctx context.Context, url, schema string) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("bad database URL (set DATABASE_URL): %w", err)
+	}
+	c := pool.Config().ConnConfig
+	where := fmt.Sprintf("postgres://%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err = pool.Ping(pingCtx); err != nil {
+		err = fmt.Errorf("no Postgres answers at %s; set DATABASE_URL to a server you can reach: %w", where, err)
+	} else if _, err = pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err == nil {
+		err = migrate.Up(ctx, pool, schema)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	fmt.Printf("pgdurable example: writing to schema %q in %s (recreated on each run and kept afterwards; drop it with: DROP SCHEMA %s CASCADE)\n", schema, where, schema)
+	return pool, nil
 }

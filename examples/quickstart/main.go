@@ -6,8 +6,10 @@
 //
 //	go run ./examples/quickstart
 //
-// It finds Postgres through DATABASE_URL, else the local server at
-// 127.0.0.1:5432, else a testcontainers Postgres when Docker is available.
+// It connects to DATABASE_URL (else TEST_DATABASE_URL, else
+// postgres://postgres@127.0.0.1:5432/postgres) and writes only to the
+// schema durable_example_quickstart, which it drops and recreates on each run and
+// leaves afterwards for inspection.
 package main
 
 import (
@@ -20,7 +22,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgdurable/durable"
-	"github.com/pgdurable/durable/internal/testdb"
 	"github.com/pgdurable/durable/migrate"
 )
 
@@ -44,31 +45,27 @@ type Receipt struct {
 	SentTo   string `json:"sent_to"`
 }
 
-const schema = "quickstart"
+// exampleSchema is the schema the example writes to.
+const exampleSchema = "durable_example_quickstart"
 
 func main() {
-	if err := run(context.Background()); err != nil {
+	if err := run(context.Background(), databaseURL(), exampleSchema); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context) error {
-	url, err := testdb.URL(ctx)
-	if err != nil {
-		return err
-	}
-	pool, err := pgxpool.New(ctx, url)
+// run runs the example in schema of the database at url.
+func run(ctx context.Context, url, schema string) error {
+	pool, err := openSchema(ctx, url, schema)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 
 	// 1. Tables: River's and pgdurable's, plus the app's own.
-	if err := migrate.Up(ctx, pool, schema); err != nil {
-		return err
-	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS quickstart.charges (
+	charges := pgx.Identifier{schema, "charges"}.Sanitize()
+	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+charges+` (
 		order_id text PRIMARY KEY, charge_id text NOT NULL, amount numeric NOT NULL)`); err != nil {
 		return err
 	}
@@ -81,7 +78,7 @@ func run(ctx context.Context) error {
 		log := durable.Logger(ctx) // logs once per run, not on replays
 		charge, err := durable.StepTx(ctx, "charge", func(ctx context.Context, tx pgx.Tx) (Charge, error) {
 			c := Charge{ChargeID: "ch_" + in.Event.Data.ID, Amount: in.Event.Data.Amount}
-			_, err := tx.Exec(ctx, `INSERT INTO quickstart.charges VALUES ($1, $2, $3)`, in.Event.Data.ID, c.ChargeID, c.Amount)
+			_, err := tx.Exec(ctx, `INSERT INTO `+charges+` VALUES ($1, $2, $3)`, in.Event.Data.ID, c.ChargeID, c.Amount)
 			return c, err // the insert and the step's completion commit together
 		})
 		if err != nil {
@@ -155,7 +152,7 @@ func run(ctx context.Context) error {
 	}
 	fmt.Printf("result: %s\n", run.Output)
 	var charged int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM quickstart.charges WHERE order_id = $1`, order.ID).Scan(&charged); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+charges+` WHERE order_id = $1`, order.ID).Scan(&charged); err != nil {
 		return err
 	}
 	fmt.Printf("charges rows for %s: %d (exactly once)\n", order.ID, charged)
@@ -163,4 +160,40 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("run ended %s: %s", run.Status, run.Error)
 	}
 	return nil
+}
+
+// databaseURL is DATABASE_URL, else TEST_DATABASE_URL, else the local
+// server with trust auth.
+func databaseURL() string {
+	for _, env := range []string{"DATABASE_URL", "TEST_DATABASE_URL"} {
+		if u := os.Getenv(env); u != "" {
+			return u
+		}
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// openSchema connects to url and gives the example a fresh schema: the one
+// an earlier run left is dropped and migrate.Up creates it again. It prints
+// where the example writes, without the password.
+func openSchema(ctx context.Context, url, schema string) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("bad database URL (set DATABASE_URL): %w", err)
+	}
+	c := pool.Config().ConnConfig
+	where := fmt.Sprintf("postgres://%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err = pool.Ping(pingCtx); err != nil {
+		err = fmt.Errorf("no Postgres answers at %s; set DATABASE_URL to a server you can reach: %w", where, err)
+	} else if _, err = pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err == nil {
+		err = migrate.Up(ctx, pool, schema)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	fmt.Printf("pgdurable example: writing to schema %q in %s (recreated on each run and kept afterwards; drop it with: DROP SCHEMA %s CASCADE)\n", schema, where, schema)
+	return pool, nil
 }

@@ -14,8 +14,10 @@
 // never wakes the second user's run. While a run waits it holds no
 // goroutine, connection or worker slot.
 //
-// It finds Postgres through DATABASE_URL, else the local server at
-// 127.0.0.1:5432, else a testcontainers Postgres when Docker is available.
+// It connects to DATABASE_URL (else TEST_DATABASE_URL, else
+// postgres://postgres@127.0.0.1:5432/postgres) and writes only to the
+// schema durable_example_signup, which it drops and recreates on each run and
+// leaves afterwards for inspection.
 package main
 
 import (
@@ -25,10 +27,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgdurable/durable"
-	"github.com/pgdurable/durable/internal/testdb"
 	"github.com/pgdurable/durable/migrate"
 )
 
@@ -52,32 +54,27 @@ type Outcome struct {
 }
 
 const (
-	schema = "signup"
+	// exampleSchema is the schema the example writes to.
+	exampleSchema = "durable_example_signup"
 	// verifyTimeout is how long a run waits for the verification; short
 	// for the demo.
 	verifyTimeout = 3 * time.Second
 )
 
 func main() {
-	if err := run(context.Background()); err != nil {
+	if err := run(context.Background(), databaseURL(), exampleSchema); err != nil {
 		fmt.Fprintln(os.Stderr, "signup:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context) error {
-	url, err := testdb.URL(ctx)
-	if err != nil {
-		return err
-	}
-	pool, err := pgxpool.New(ctx, url)
+// run runs the example in schema of the database at url.
+func run(ctx context.Context, url, schema string) error {
+	pool, err := openSchema(ctx, url, schema)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := migrate.Up(ctx, pool, schema); err != nil {
-		return err
-	}
 
 	onboarding := durable.NewFunction(durable.FunctionOpts{
 		ID:       "onboarding",
@@ -228,4 +225,40 @@ func untilWaiting(ctx context.Context, client *durable.Client, runID string) err
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// databaseURL is DATABASE_URL, else TEST_DATABASE_URL, else the local
+// server with trust auth.
+func databaseURL() string {
+	for _, env := range []string{"DATABASE_URL", "TEST_DATABASE_URL"} {
+		if u := os.Getenv(env); u != "" {
+			return u
+		}
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// openSchema connects to url and gives the example a fresh schema: the one
+// an earlier run left is dropped and migrate.Up creates it again. It prints
+// where the example writes, without the password.
+func openSchema(ctx context.Context, url, schema string) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("bad database URL (set DATABASE_URL): %w", err)
+	}
+	c := pool.Config().ConnConfig
+	where := fmt.Sprintf("postgres://%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err = pool.Ping(pingCtx); err != nil {
+		err = fmt.Errorf("no Postgres answers at %s; set DATABASE_URL to a server you can reach: %w", where, err)
+	} else if _, err = pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err == nil {
+		err = migrate.Up(ctx, pool, schema)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	fmt.Printf("pgdurable example: writing to schema %q in %s (recreated on each run and kept afterwards; drop it with: DROP SCHEMA %s CASCADE)\n", schema, where, schema)
+	return pool, nil
 }
