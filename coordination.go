@@ -332,12 +332,6 @@ func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, o
 	return false, w.insert(ctx, c, tx)
 }
 
-func scanEvent(row pgx.CollectableRow) (eventJSON, error) {
-	var e eventJSON
-	err := row.Scan(&e.ID, &e.Name, &e.Data, &e.TS)
-	return e, err
-}
-
 func (c *Client) evalWait(src string, event, async map[string]any) (bool, error) {
 	p, err := c.exprs.Compile(src, expr.EventAndAsync)
 	if err != nil {
