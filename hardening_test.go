@@ -200,6 +200,9 @@ func TestStopReturnsByDeadlineAndAbandonedStepNeverRecords(t *testing.T) {
 	require.NoError(t, err)
 	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // never leave the step blocked, whatever fails
 	mk := func(who string, block bool) durable.Function {
 		return durable.NewFunction(durable.FunctionOpts{ID: "stubborn"},
 			func(ctx context.Context, in durable.Input[M]) (string, error) {
@@ -242,7 +245,7 @@ func TestStopReturnsByDeadlineAndAbandonedStepNeverRecords(t *testing.T) {
 	require.JSONEq(t, `"b"`, string(run.Output))
 
 	// The abandoned step finishes: it records nothing, its writes roll back.
-	close(release)
+	unblock()
 	never(t, time.Second, 20*time.Millisecond, "the abandoned StepTx's write committed", func() (bool, error) {
 		var n int
 		err := b.pool.QueryRow(b.ctx, `SELECT count(*) FROM `+b.schema+`.writes`).Scan(&n)
