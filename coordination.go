@@ -77,7 +77,7 @@ func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEv
 		// The wait begins now: events committed from here on are its.
 		var snapshot string
 		var began time.Time
-		if err := rs.c.pool.QueryRow(ctx, rs.c.q.get("WaitBegins")).Scan(&snapshot, &began); err != nil {
+		if err := rs.c.pool.QueryRow(ctx, rs.c.q.WaitBegins).Scan(&snapshot, &began); err != nil {
 			rs.stop(ctx, fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
 		}
 		if h, ok := testHookWaitBegan.Load(rs.def.opts.ID); ok {
@@ -194,7 +194,7 @@ func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.Ra
 	c := rs.c
 	msg := "timed out"
 	var claimed bool
-	if err := c.pool.QueryRow(ctx, c.q.get("ClaimTimeout"), rs.runID, key, msg).Scan(&claimed); err != nil {
+	if err := c.pool.QueryRow(ctx, c.q.ClaimTimeout, rs.runID, key, msg).Scan(&claimed); err != nil {
 		rs.stop(ctx, err)
 	}
 	if claimed {
@@ -205,7 +205,7 @@ func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.Ra
 	var out []byte
 	var errText *string
 	var attempts int
-	if err := c.pool.QueryRow(ctx, c.q.get("GetStep"), rs.runID, key).Scan(&status, &out, &errText, &attempts); err != nil {
+	if err := c.pool.QueryRow(ctx, c.q.GetStep, rs.runID, key).Scan(&status, &out, &errText, &attempts); err != nil {
 		rs.stop(ctx, err)
 	}
 	rs.setMemo(&stepRow{Key: key, Kind: kind, Status: status, Attempts: attempts, Output: out, Error: errText})
@@ -235,10 +235,10 @@ func (c *Client) listenName(ctx context.Context, name string) error {
 		return nil
 	}
 	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, c.q.get("LockEventName"), c.schema, []string{name}); err != nil {
+		if _, err := tx.Exec(ctx, c.q.LockEventName, []string{name}); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, c.q.get("ListenName"), name)
+		_, err := tx.Exec(ctx, c.q.ListenName, name)
 		return err
 	})
 	if err == nil {
@@ -273,7 +273,7 @@ func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, opt
 // stored (and finds it).
 func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, opts WaitOpts, snapshot string, began, wake time.Time) (bool, error) {
 	c := rs.c
-	if _, err := tx.Exec(ctx, c.q.get("LockEventName"), c.schema, []string{opts.Event}); err != nil {
+	if _, err := tx.Exec(ctx, c.q.LockEventName, []string{opts.Event}); err != nil {
 		return false, err
 	}
 	// The events since the wait began, a page at a time (keyset on
@@ -285,7 +285,7 @@ func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, o
 	trigger := rs.trigger.asMap()
 	afterAt, afterID := began.Add(-time.Hour), ""
 	for {
-		rows, err := tx.Query(ctx, c.q.get("EventsSince"), opts.Event, snapshot, began, afterAt, afterID, page)
+		rows, err := tx.Query(ctx, c.q.EventsSince, opts.Event, snapshot, began, afterAt, afterID, page)
 		if err != nil {
 			return false, err
 		}
@@ -377,7 +377,7 @@ func (c *Client) CancelMany(ctx context.Context, filter CancelFilter) (int, erro
 	afterAt, afterID := time.Time{}, "" // before every run
 	n := 0
 	for {
-		rows, err := c.pool.Query(ctx, c.q.get("CancelCandidates"), filter.FunctionID, after, before, afterAt, afterID, batch)
+		rows, err := c.pool.Query(ctx, c.q.CancelCandidates, filter.FunctionID, after, before, afterAt, afterID, batch)
 		if err != nil {
 			return n, fmt.Errorf("durable: CancelMany: %w", err)
 		}

@@ -153,7 +153,7 @@ func (c *Client) fireTick(ctx context.Context, j cronJob, tick time.Time) error 
 		Name: EventScheduledTimer, Data: data, TS: tick,
 	}
 	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, c.q.get("ClaimCronTick"), fnID, tick)
+		tag, err := tx.Exec(ctx, c.q.ClaimCronTick, fnID, tick)
 		if err != nil {
 			return err
 		}
@@ -164,7 +164,7 @@ func (c *Client) fireTick(ctx context.Context, j cronJob, tick time.Time) error 
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, c.q.get("SetCronTickRun"), fnID, tick, runIDs[0])
+		_, err = tx.Exec(ctx, c.q.SetCronTickRun, fnID, tick, runIDs[0])
 		return err
 	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/ids"
 	"github.com/pgdurable/durable/internal/pgident"
+	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/riverjobs"
 )
 
@@ -89,7 +90,7 @@ type Client struct {
 	pool          *pgxpool.Pool
 	cfg           Config
 	schema        string
-	q             queries
+	q             *store.Queries
 	river         *river.Client[pgx.Tx]
 	funcs         map[string]*funcDef
 	exprs         *expr.Cache
@@ -206,7 +207,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	if c.q, err = loadQueries(schema); err != nil {
+	if c.q, err = store.Load(schema); err != nil {
 		return nil, err
 	}
 	if err := c.checkMigratedAtBuild(); err != nil {
@@ -367,7 +368,7 @@ func (c *Client) Stop(ctx context.Context) error {
 	c.bgDone.Wait()
 	// Forget this process's heartbeats so that anything it left running
 	// is recovered at once rather than after RecoverAfter.
-	if _, err := c.pool.Exec(cleanup, c.q.get("DeleteWorker"), c.heartbeatIDs()); err != nil && stopErr == nil {
+	if _, err := c.pool.Exec(cleanup, c.q.DeleteWorker, c.heartbeatIDs()); err != nil && stopErr == nil {
 		stopErr = fmt.Errorf("durable: removing worker heartbeat: %w", err)
 	}
 	return stopErr
@@ -411,10 +412,10 @@ func (c *Client) registerFunctions(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, c.q.get("UpsertFunction"), d.opts.ID, d.opts.Name, d.retries(), cfg); err != nil {
+			if _, err := tx.Exec(ctx, c.q.UpsertFunction, d.opts.ID, d.opts.Name, d.retries(), cfg); err != nil {
 				return fmt.Errorf("durable: registering function %q: %w", d.opts.ID, err)
 			}
-			if _, err := tx.Exec(ctx, c.q.get("DeleteTriggers"), d.opts.ID); err != nil {
+			if _, err := tx.Exec(ctx, c.q.DeleteTriggers, d.opts.ID); err != nil {
 				return fmt.Errorf("durable: registering function %q: %w", d.opts.ID, err)
 			}
 			var idx []int32
@@ -428,7 +429,7 @@ func (c *Client) registerFunctions(ctx context.Context) error {
 			if len(idx) == 0 {
 				continue
 			}
-			if _, err := tx.Exec(ctx, c.q.get("InsertTriggers"), d.opts.ID, idx, names, ifs, crons); err != nil {
+			if _, err := tx.Exec(ctx, c.q.InsertTriggers, d.opts.ID, idx, names, ifs, crons); err != nil {
 				return fmt.Errorf("durable: registering triggers of %q: %w", d.opts.ID, err)
 			}
 		}

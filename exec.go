@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,15 +15,16 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/riverjobs"
 )
 
 // Step statuses, as stored and shown in [RunStep.Status].
 const (
-	stepCompleted = "completed"
-	stepFailed    = "failed"
-	stepRetrying  = "retrying"
-	stepSleeping  = "sleeping"
+	stepCompleted = store.StepCompleted
+	stepFailed    = store.StepFailed
+	stepRetrying  = store.StepRetrying
+	stepSleeping  = store.StepSleeping
 )
 
 // Reasons an attempt stops before the function returns.
@@ -35,33 +35,23 @@ var (
 )
 
 // stepRow is a step as stored, also the memo of a run attempt.
-type stepRow struct {
-	Key      string          `json:"key"`
-	Seq      int             `json:"seq"`
-	Kind     string          `json:"kind"`
-	Status   string          `json:"status"`
-	Attempts int             `json:"attempts"`
-	Output   json.RawMessage `json:"output"`
-	Error    *string         `json:"error"`
-	WakeAt   *time.Time      `json:"wake_at"`
-	ChildRun *string         `json:"-"`
-}
+type stepRow = store.Step
 
 // loadedRun is what an attempt reads before calling the function.
 type loadedRun struct {
-	functionID string
-	status     string
-	events     []eventJSON
-	owner      *string
-	epoch      int64
-	fnAttempts int
-	wakeAt     *time.Time
-	lastErr    *string
-	startLate  *bool
-	finishLate *bool
-	ownerAlive bool
-	logLines   int64
-	steps      []stepRow
+	functionID  string
+	status      string
+	events      []eventJSON
+	ownerWorker *string
+	epoch       int64
+	fnAttempts  int
+	wakeAt      *time.Time
+	lastErr     *string
+	startLate   *bool
+	finishLate  *bool
+	ownerAlive  bool
+	logLines    int64
+	steps       []stepRow
 }
 
 // runState is the state of one attempt of one run, reached from the
@@ -71,9 +61,9 @@ type runState struct {
 	def        *funcDef
 	runID      string
 	jobID      int64
-	owner      string // fencing token written by this attempt
-	epoch      int64  // the run's fencing version the next full write must find
-	claimed    bool   // this attempt's owner token is in the run row
+	owner      store.Owner // this attempt's, written by its claim
+	epoch      int64       // the run's fencing version the next full write must find
+	claimed    bool        // this attempt's owner token is in the run row
 	fnAttempts int
 	lastErr    *string
 
@@ -207,8 +197,8 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 			"run_id", runID, "function_id", lr.functionID)
 		return requeueAt(time.Now().Add(time.Second))
 	}
-	if lr.owner != nil && lr.ownerAlive {
-		if w, _, _ := strings.Cut(*lr.owner, "|"); w != attempter {
+	if lr.ownerWorker != nil && lr.ownerAlive {
+		if *lr.ownerWorker != attempter {
 			// A live process still holds this run (River handed the job
 			// out again); never run it twice. Look again later.
 			return requeueAt(time.Now().Add(c.cfg.RecoverAfter / 2))
@@ -232,7 +222,7 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		def:        def,
 		runID:      runID,
 		jobID:      job.ID,
-		owner:      attempter + "|" + ids.New()[16:],
+		owner:      store.Owner{Worker: attempter, Token: ids.New()[16:]},
 		epoch:      lr.epoch,
 		fnAttempts: lr.fnAttempts,
 		lastErr:    lr.lastErr,
@@ -267,7 +257,7 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 
 // claim makes this attempt the run's owner and the run running.
 func (rs *runState) claim(ctx context.Context) error {
-	tag, err := rs.c.pool.Exec(ctx, rs.c.q.get("ClaimRun"), rs.runID, rs.owner, rs.epoch)
+	tag, err := rs.c.pool.Exec(ctx, rs.c.q.ClaimRun, rs.runID, rs.owner.Worker, rs.epoch, rs.owner.Token)
 	if err != nil {
 		return fmt.Errorf("durable: claiming run %s: %w", rs.runID, err)
 	}
@@ -458,7 +448,7 @@ func (rs *runState) refusedSteps(ctx context.Context, err error, result json.Raw
 			return false
 		}
 		var ok int
-		e := rs.c.pool.QueryRow(check, rs.c.q.get("CheckJSON"), []byte(raw)).Scan(&ok)
+		e := rs.c.pool.QueryRow(check, rs.c.q.CheckJSON, []byte(raw)).Scan(&ok)
 		return e != nil && classify(e) == classPermanent
 	}
 	var out []*stepRow
@@ -565,11 +555,11 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 			resumeNow = resumeNow || now
 		}
 		if len(waiting) > 0 && !resumeNow {
-			if _, err := tx.Exec(ctx, rs.c.q.get("LockRun"), rs.runID); err != nil {
+			if _, err := tx.Exec(ctx, rs.c.q.LockRun, rs.runID); err != nil {
 				return err
 			}
 			var delivered int
-			if err := tx.QueryRow(ctx, rs.c.q.get("DeliveredSince"), rs.runID, waiting).Scan(&delivered); err != nil {
+			if err := tx.QueryRow(ctx, rs.c.q.DeliveredSince, rs.runID, waiting).Scan(&delivered); err != nil {
 				return err
 			}
 			resumeNow = delivered > 0
@@ -672,8 +662,7 @@ func (rs *runState) stopAttempt(ctx context.Context, o outcome) outcome {
 	if o.kind == outShutdown {
 		// The context ended or the process is stopping: was the run cancelled?
 		var status string
-		var owner *string
-		if err := rs.c.pool.QueryRow(bg, rs.c.q.get("RunStatus"), rs.runID).Scan(&status, &owner); err == nil && status == string(RunCancelled) {
+		if err := rs.c.pool.QueryRow(bg, rs.c.q.RunStatus, rs.runID).Scan(&status); err == nil && status == string(RunCancelled) {
 			return cancelled(errRunCancelled)
 		}
 	}
@@ -731,7 +720,7 @@ func (rs *runState) commit(ctx context.Context, db execer, p commitParams) error
 // attempt's state once its transaction commits.
 type commitResult struct {
 	pending  []*stepRow
-	newOwner *string
+	newOwner *store.Owner
 	full     bool // the run row was written (its epoch bumped)
 }
 
@@ -740,61 +729,34 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 	pending := append([]*stepRow(nil), rs.pending...)
 	epoch, claimed := rs.epoch, rs.claimed
 	rs.mu.Unlock()
-	var newOwner *string
+	var newOwner *store.Owner
 	if !p.release {
 		newOwner = &rs.owner
 	}
-	n := len(pending)
-	keys, kinds, statuses, errs := make([]string, n), make([]string, n), make([]string, n), make([]*string, n)
-	seqs, attempts := make([]int32, n), make([]int32, n)
-	outputs := make([][]byte, n)
-	wakes := make([]*time.Time, n)
-	children := make([]*string, n)
-	for i, s := range pending {
-		keys[i], kinds[i], statuses[i], errs[i] = s.Key, s.Kind, s.Status, s.Error
-		seqs[i], attempts[i], outputs[i], wakes[i], children[i] = int32(s.Seq), int32(s.Attempts), s.Output, s.WakeAt, s.ChildRun
-	}
-	if p.status == string(RunRunning) && !p.release && !p.completeJob && p.wakeAt == nil &&
-		claimed {
+	if p.status == string(RunRunning) && !p.release && !p.completeJob && p.wakeAt == nil && claimed {
 		// Mid-attempt: the run is ours already; record the steps only.
-		var runs, steps int
-		var err error
-		if n == 1 {
-			s := pending[0]
-			err = db.QueryRow(ctx, rs.c.q.get("CommitStep"), rs.runID, rs.owner,
-				s.Key, s.Seq, s.Kind, s.Status, s.Attempts, []byte(s.Output), s.Error, s.WakeAt, s.ChildRun).Scan(&runs, &steps)
-			if errors.Is(err, pgx.ErrNoRows) {
-				err, runs = nil, 0
-			}
-		} else {
-			err = db.QueryRow(ctx, rs.c.q.get("CommitSteps"), rs.runID, rs.owner,
-				keys, seqs, kinds, statuses, attempts, outputs, errs, wakes, children).Scan(&runs, &steps)
-		}
+		ok, err := rs.c.q.CommitStepsIn(ctx, db, rs.runID, rs.owner, pending)
 		if err != nil {
 			return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 		}
-		if runs == 0 {
+		if !ok {
 			return nil, rs.fenceFailed(ctx, db)
 		}
 		return &commitResult{pending: pending, newOwner: newOwner}, nil
 	}
-	var output any
-	if p.output != nil {
-		output = p.output
-	}
-	var runs, jobs, events int
-	err := db.QueryRow(ctx, rs.c.q.get("Commit"),
-		rs.runID, newOwner, epoch, p.status, output, p.errText, rs.fnAttempts, p.wakeAt,
-		keys, seqs, kinds, statuses, attempts, outputs, errs, wakes,
-		rs.jobID, p.completeJob, rs.c.notifyChannel, p.newJobID, children, max(rs.logBefore, rs.logN.Load()),
-	).Scan(&runs, &jobs, &events)
+	res, err := rs.c.q.CommitIn(ctx, db, store.CommitArgs{
+		RunID: rs.runID, Owner: newOwner, Epoch: epoch, Status: p.status, Output: p.output, Error: p.errText,
+		FnAttempts: rs.fnAttempts, WakeAt: p.wakeAt, Steps: pending,
+		JobID: rs.jobID, CompleteJob: p.completeJob, NewJobID: p.newJobID,
+		Channel: rs.c.notifyChannel, LogLines: max(rs.logBefore, rs.logN.Load()),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 	}
-	if runs == 0 {
+	if res.Runs == 0 {
 		return nil, rs.fenceFailed(ctx, db)
 	}
-	if events > 0 {
+	if res.Events > 0 {
 		rs.c.kickRouter()
 	}
 	return &commitResult{pending: pending, newOwner: newOwner, full: true}, nil
@@ -835,8 +797,7 @@ func (rs *runState) applyCommit(r *commitResult) {
 // cancellation the step's own events made.
 func (rs *runState) fenceFailed(ctx context.Context, db execer) error {
 	var status string
-	var owner *string
-	err := db.QueryRow(context.WithoutCancel(ctx), rs.c.q.get("RunStatus"), rs.runID).Scan(&status, &owner)
+	err := db.QueryRow(context.WithoutCancel(ctx), rs.c.q.RunStatus, rs.runID).Scan(&status)
 	if err != nil {
 		return fmt.Errorf("durable: run %s: %w", rs.runID, err)
 	}
@@ -849,8 +810,8 @@ func (rs *runState) fenceFailed(ctx context.Context, db execer) error {
 func (c *Client) loadRun(ctx context.Context, runID string) (*loadedRun, error) {
 	lr := &loadedRun{}
 	var events, steps []byte
-	err := c.pool.QueryRow(ctx, c.q.get("LoadRun"), runID, c.cfg.RecoverAfter.Seconds()).Scan(
-		&lr.functionID, &lr.status, &events, &lr.owner, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,
+	err := c.pool.QueryRow(ctx, c.q.LoadRun, runID, c.cfg.RecoverAfter.Seconds()).Scan(
+		&lr.functionID, &lr.status, &events, &lr.ownerWorker, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,
 		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &lr.logLines, &steps)
 	if err != nil {
 		return nil, err

@@ -2,23 +2,30 @@ package durable
 
 import (
 	"context"
+	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/pgdurable/durable/internal/pgident"
+	"github.com/pgdurable/durable/internal/store"
 )
 
-// QueryForTest returns the query name of sql/queries.sql rendered for
+// QueryForTest returns the query name of internal/store rendered for
 // schema.
 func QueryForTest(schema, name string) (string, error) {
 	s, err := pgident.Schema(schema)
 	if err != nil {
 		return "", err
 	}
-	q, err := loadQueries(s)
+	q, err := store.Load(s)
 	if err != nil {
 		return "", err
 	}
-	return q.get(name), nil
+	v := reflect.ValueOf(q).Elem().FieldByName(name)
+	if !v.IsValid() {
+		return "", fmt.Errorf("no query %s", name)
+	}
+	return v.String(), nil
 }
 
 // SetCancelBatchForTest sets how many candidate runs CancelMany reads per

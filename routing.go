@@ -54,13 +54,13 @@ func (c *Client) queueMatches(b *pgx.Batch, events []eventJSON) {
 			names = append(names, e.Name)
 		}
 	}
-	b.Queue(c.q.get("MatchTriggers"), names)
+	b.Queue(c.q.MatchTriggers, names)
 	for _, e := range events {
 		var paths, values []string
 		for p, v := range expr.Leaves(e.asMap(), maxIndexedLeaves) {
 			paths, values = append(paths, p), append(values, v)
 		}
-		b.Queue(c.q.get("MatchWaits"), e.Name, paths, values)
+		b.Queue(c.q.MatchWaits, e.Name, paths, values)
 	}
 }
 
@@ -121,8 +121,8 @@ func (c *Client) sendPrepared(ctx context.Context, tx pgx.Tx, events []eventJSON
 	b := &pgx.Batch{}
 	// Waits being registered for these names see these events or are seen
 	// by them (see registerWait).
-	b.Queue(c.q.get("LockEventNameShared"), c.schema, names)
-	b.Queue(c.q.get("InsertEvents"), idsArr, names, datas, tss)
+	b.Queue(c.q.LockEventNameShared, names)
+	b.Queue(c.q.InsertEvents, idsArr, names, datas, tss)
 	c.queueMatches(b, uniq)
 	br := tx.SendBatch(ctx, b)
 	fresh, byName, waits, err := func() (map[string]bool, map[string][]trigger, [][]waitCand, error) {
@@ -267,7 +267,7 @@ func (c *Client) deliver(ctx context.Context, tx pgx.Tx, e eventJSON, cands []wa
 				return err
 			}
 			var delivered bool // false: another event, or the timeout, took the wait first
-			if err := tx.QueryRow(ctx, c.q.get("TakeWait"), k.id, k.runID, out, c.notifyChannel).Scan(&delivered); err != nil {
+			if err := tx.QueryRow(ctx, c.q.TakeWait, k.id, k.runID, out, c.notifyChannel).Scan(&delivered); err != nil {
 				return fmt.Errorf("durable: delivering event to run %s: %w", k.runID, err)
 			}
 		}
@@ -322,7 +322,7 @@ func (c *Client) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, n
 	}
 	notify := notifyInTx && c.notifyDue()
 	var inserted, notified int
-	err := tx.QueryRow(ctx, c.q.get("InsertRuns"), rIDs, fns, eventIDs, evs, parents, parentSteps, starts, finishes,
+	err := tx.QueryRow(ctx, c.q.InsertRuns, rIDs, fns, eventIDs, evs, parents, parentSteps, starts, finishes,
 		c.notifyPayload, riverjobs.Kind, runJobMaxAttempts, c.cfg.Queue, c.notifyChannel, notify).Scan(&inserted, &notified)
 	if err != nil {
 		return nil, fmt.Errorf("durable: inserting runs: %w", err)
@@ -386,7 +386,7 @@ func (c *Client) notifyProducers(ctx context.Context) {
 func (c *Client) sendNotify(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := c.pool.Exec(ctx, c.q.get("NotifyInsert"), c.notifyChannel, c.notifyPayload); err != nil {
+	if _, err := c.pool.Exec(ctx, c.q.NotifyInsert, c.notifyChannel, c.notifyPayload); err != nil {
 		c.logger.WarnContext(ctx, "durable: notifying producers failed; they will find the runs at their next poll", "error", err)
 	}
 }

@@ -59,14 +59,14 @@ type RunStep struct {
 // GetRun returns a run with its steps, or an error wrapping
 // [ErrRunNotFound].
 func (c *Client) GetRun(ctx context.Context, runID string) (*Run, error) {
-	run, err := scanRun(c.pool.QueryRow(ctx, c.q.get("GetRun"), runID))
+	run, err := scanRun(c.pool.QueryRow(ctx, c.q.GetRun, runID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("durable: run %q: %w", runID, ErrRunNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("durable: GetRun: %w", err)
 	}
-	rows, err := c.pool.Query(ctx, c.q.get("GetSteps"), runID)
+	rows, err := c.pool.Query(ctx, c.q.GetSteps, runID)
 	if err != nil {
 		return nil, fmt.Errorf("durable: GetRun: %w", err)
 	}
@@ -110,7 +110,7 @@ func (c *Client) WaitRun(ctx context.Context, runID string) (*Run, error) {
 // RunsForEvent returns the runs an event started, oldest first (without
 // their steps).
 func (c *Client) RunsForEvent(ctx context.Context, eventID string) ([]*Run, error) {
-	rows, err := c.pool.Query(ctx, c.q.get("RunsForEvent"), eventID)
+	rows, err := c.pool.Query(ctx, c.q.RunsForEvent, eventID)
 	if err != nil {
 		return nil, fmt.Errorf("durable: RunsForEvent: %w", err)
 	}
@@ -141,7 +141,7 @@ func (c *Client) Cancel(ctx context.Context, runID string) error {
 			return nil
 		}
 		var exists bool
-		if err := tx.QueryRow(ctx, c.q.get("RunExists"), runID).Scan(&exists); err != nil {
+		if err := tx.QueryRow(ctx, c.q.RunExists, runID).Scan(&exists); err != nil {
 			return err
 		}
 		if !exists {
@@ -158,7 +158,7 @@ func (c *Client) Cancel(ctx context.Context, runID string) error {
 func (c *Client) cancelRun(ctx context.Context, tx pgx.Tx, runID, reason string) (bool, error) {
 	var jobID *int64
 	var events int
-	err := tx.QueryRow(ctx, c.q.get("CancelRun"), runID, reason, c.notifyChannel).Scan(&jobID, &events)
+	err := tx.QueryRow(ctx, c.q.CancelRun, runID, reason, c.notifyChannel).Scan(&jobID, &events)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}

@@ -121,7 +121,7 @@ func (c *Client) claimIdempotency(ctx context.Context, tx pgx.Tx, runs []pending
 	if len(fns) == 0 {
 		return nil
 	}
-	rows, err := tx.Query(ctx, c.q.get("ClaimIdempotencyKeys"), fns, keys, ridsArr, exps)
+	rows, err := tx.Query(ctx, c.q.ClaimIdempotencyKeys, fns, keys, ridsArr, exps)
 	if err != nil {
 		return fmt.Errorf("durable: idempotency keys: %w", err)
 	}
@@ -168,7 +168,7 @@ func (w *waitRows) insert(ctx context.Context, c *Client, tx pgx.Tx) error {
 	if len(w.runIDs) == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, c.q.get("InsertWaits"), w.runIDs, w.kinds, w.steps, w.names, w.paths, w.values, w.ifs, w.runEvents, w.expires)
+	_, err := tx.Exec(ctx, c.q.InsertWaits, w.runIDs, w.kinds, w.steps, w.names, w.paths, w.values, w.ifs, w.runEvents, w.expires)
 	if err != nil {
 		return fmt.Errorf("durable: inserting waits: %w", err)
 	}
@@ -247,7 +247,7 @@ func (c *Client) functionConfig(ctx context.Context, db execer, functionID strin
 		return d.config(), nil
 	}
 	var raw []byte
-	err := db.QueryRow(ctx, c.q.get("FunctionConfig"), functionID).Scan(&raw)
+	err := db.QueryRow(ctx, c.q.FunctionConfig, functionID).Scan(&raw)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return funcConfig{}, ErrFunctionNotFound
 	}

@@ -74,7 +74,7 @@ func (c *Client) router(ctx context.Context) {
 func (c *Client) routeOnce(ctx context.Context) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, c.q.get("UnroutedEvents"))
+		rows, err := tx.Query(ctx, c.q.UnroutedEvents)
 		if err != nil {
 			return err
 		}
@@ -94,7 +94,7 @@ func (c *Client) routeOnce(ctx context.Context) (int, error) {
 		for i, e := range events {
 			ids[i] = e.ID
 		}
-		_, err = tx.Exec(ctx, c.q.get("MarkRouted"), ids)
+		_, err = tx.Exec(ctx, c.q.MarkRouted, ids)
 		return err
 	})
 	return n, err
@@ -133,7 +133,7 @@ func (c *Client) noteAttempter(ctx context.Context, id string) error {
 		return nil
 	}
 	host, _ := os.Hostname()
-	_, err := c.pool.Exec(ctx, c.q.get("Heartbeat"), []string{id}, host, os.Getpid())
+	_, err := c.pool.Exec(ctx, c.q.Heartbeat, []string{id}, host, os.Getpid())
 	return err
 }
 
@@ -149,14 +149,14 @@ func (c *Client) heartbeatIDs() []string {
 
 func (c *Client) heartbeat(ctx context.Context) error {
 	host, _ := os.Hostname()
-	_, err := c.pool.Exec(ctx, c.q.get("Heartbeat"), c.heartbeatIDs(), host, os.Getpid())
+	_, err := c.pool.Exec(ctx, c.q.Heartbeat, c.heartbeatIDs(), host, os.Getpid())
 	return err
 }
 
 // rescue hands jobs held by dead processes to live ones.
 func (c *Client) rescue(ctx context.Context) error {
 	var n, notified int
-	err := c.pool.QueryRow(ctx, c.q.get("Rescue"), c.cfg.RecoverAfter.Seconds(), riverjobs.Kind, c.notifyChannel).Scan(&n, &notified)
+	err := c.pool.QueryRow(ctx, c.q.Rescue, c.cfg.RecoverAfter.Seconds(), riverjobs.Kind, c.notifyChannel).Scan(&n, &notified)
 	if err != nil {
 		return err
 	}
@@ -165,7 +165,7 @@ func (c *Client) rescue(ctx context.Context) error {
 		c.kickWaker(time.Now())
 	}
 	if rand.IntN(100) == 0 {
-		_, err = c.pool.Exec(ctx, c.q.get("PruneWorkers"))
+		_, err = c.pool.Exec(ctx, c.q.PruneWorkers)
 	}
 	return err
 }
@@ -177,7 +177,7 @@ func (c *Client) expireRuns(ctx context.Context) error {
 	// second, and no query reads more than a batch.
 	const batch = expireBatch
 	for {
-		rows, err := c.pool.Query(ctx, c.q.get("ExpiredRuns"), batch)
+		rows, err := c.pool.Query(ctx, c.q.ExpiredRuns, batch)
 		if err != nil {
 			return err
 		}
@@ -262,7 +262,7 @@ func (c *Client) waker(ctx context.Context) {
 		// The next due time is looked for only within the poll: a later
 		// one is found by a later poll, so jobs scheduled far ahead are
 		// never read.
-		err := c.pool.QueryRow(ctx, c.q.get("Wake"), c.cfg.Queue, c.notifyChannel, c.notifyPayload, force, poll.Seconds()).Scan(&promoted, &notified, &due)
+		err := c.pool.QueryRow(ctx, c.q.Wake, c.cfg.Queue, c.notifyChannel, c.notifyPayload, force, poll.Seconds()).Scan(&promoted, &notified, &due)
 		next, isDue = time.Now().Add(poll), false
 		if err != nil {
 			if ctx.Err() != nil {

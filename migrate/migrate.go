@@ -111,11 +111,11 @@ func Up(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 		}
 		conn.Release()
 	}()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('pgdurable.migrate.' || $1::text))`, schema); err != nil {
+	if _, err := conn.Exec(ctx, pgident.Render(`SELECT pg_advisory_lock(hashtext('{{schema}}'), hashtext('durable/migrate'))`, schema)); err != nil {
 		return errorf(schema, "lock: %w", err)
 	}
 	defer func() {
-		_, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('pgdurable.migrate.' || $1::text))`, schema)
+		_, err := conn.Exec(context.WithoutCancel(ctx), pgident.Render(`SELECT pg_advisory_unlock(hashtext('{{schema}}'), hashtext('durable/migrate'))`, schema))
 		unlocked = err == nil
 	}()
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgident.Quote(schema)); err != nil {
@@ -201,7 +201,7 @@ func Down(ctx context.Context, pool *pgxpool.Pool, schema string, withRiver bool
 		return errorf(schema, "begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('pgdurable.migrate.' || $1::text))`, schema); err != nil {
+	if _, err := tx.Exec(ctx, pgident.Render(`SELECT pg_advisory_xact_lock(hashtext('{{schema}}'), hashtext('durable/migrate'))`, schema)); err != nil {
 		return errorf(schema, "lock: %w", err)
 	}
 	for i := len(ours) - 1; i >= 0; i-- {

@@ -19,7 +19,7 @@
 // NNNN_line_name.down.sql file per migration, numbered consecutively from
 // 0000_create_schema (CREATE SCHEMA IF NOT EXISTS / DROP SCHEMA), then
 // River's migrations (line "river"), then the library's (line "durable"),
-// e.g. 0001_river_create_river_migration.up.sql, ..., 0009_durable_core.up.sql.
+// e.g. 0001_river_create_river_migration.up.sql, ..., 0009_durable_schema.up.sql.
 //
 // With -format goose it writes one NNNNN_line_name.sql file per migration with
 // "-- +goose Up" and "-- +goose Down" sections, numbered from

@@ -65,10 +65,9 @@ func TestWriteGolangMigrate(t *testing.T) {
 	}
 	// Files are numbered by position, and the library's come after River's,
 	// however many migrations the library has.
-	core := fmt.Sprintf("%04d_durable_core.up.sql", position(t, all, "core"))
+	core := fmt.Sprintf("%04d_durable_schema.up.sql", position(t, all, "schema"))
 	require.Contains(t, contents[core], `CREATE TABLE "myschema".durable_run`)
-	coord := fmt.Sprintf("%04d_durable_coordination.up.sql", position(t, all, "coordination"))
-	require.Contains(t, contents[coord], `CREATE TABLE "myschema".durable_wait`)
+	require.Contains(t, contents[core], `CREATE TABLE "myschema".durable_wait`)
 	require.Equal(t, "durable", all[len(all)-1].Line)
 }
 
@@ -94,7 +93,7 @@ func TestWriteGoose(t *testing.T) {
 	require.Contains(t, contents[names[0]], `CREATE SCHEMA IF NOT EXISTS "durable";`)
 	require.Equal(t, fmt.Sprintf("%05d_%s.sql", len(all)+1, fileLabel(all[len(all)-1])), names[len(names)-1])
 	require.Equal(t, "durable", all[len(all)-1].Line)
-	require.Contains(t, names, fmt.Sprintf("%05d_durable_coordination.sql", position(t, all, "coordination")+1))
+	require.Contains(t, names, fmt.Sprintf("%05d_durable_schema.sql", position(t, all, "schema")+1))
 
 	nameRE := regexp.MustCompile(`^\d{5}_[a-z0-9_]+\.sql$`)
 	for i, name := range names {

@@ -1,16 +1,87 @@
--- Coordination: child runs (Invoke), waits and cancellation listeners,
--- start/finish deadlines, idempotency keys, cron ticks.
+-- pgdurable's tables and functions, in the schema given to migrate.Up
+-- (beside River's). One migration: 001 to 004 were never released and are
+-- folded here.
+--
+-- Lock order, for every writer of a run: the run row, then its waits, then
+-- its steps. Advisory locks on event names (two-key form: hashtext of the
+-- quoted schema, hashtext of the name) are taken before any row lock.
 
-ALTER TABLE {{schema}}.durable_run
-    -- The fencing version of the run: every attempt's first write and every
-    -- write that changes the run's state checks and bumps it (the owner
-    -- token alone cannot fence once released to NULL).
-    ADD COLUMN epoch           bigint NOT NULL DEFAULT 0,
-    ADD COLUMN parent_run_id   text,
-    ADD COLUMN parent_step     text,
-    ADD COLUMN start_deadline  timestamptz,
-    ADD COLUMN finish_timeout  interval,
-    ADD COLUMN finish_deadline timestamptz;
+-- Functions registered by worker processes (or Client.Register), so that
+-- any process (even one with no functions, such as an API server) routes
+-- events to them. config holds the settings a process creating a run needs:
+-- idempotency key, cancellation listeners, timeouts.
+CREATE TABLE {{schema}}.durable_function (
+    id          text PRIMARY KEY,
+    name        text NOT NULL,
+    retries     integer NOT NULL,
+    config      jsonb NOT NULL DEFAULT '{}',
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE {{schema}}.durable_function_trigger (
+    function_id text NOT NULL REFERENCES {{schema}}.durable_function (id) ON DELETE CASCADE,
+    idx         integer NOT NULL,
+    event_name  text,
+    if_expr     text NOT NULL DEFAULT '',
+    cron        text NOT NULL DEFAULT '',
+    PRIMARY KEY (function_id, idx)
+);
+CREATE INDEX durable_function_trigger_event_name_idx
+    ON {{schema}}.durable_function_trigger (event_name) WHERE event_name IS NOT NULL;
+
+-- Events. The primary key is the user-visible event ID, which makes
+-- deduplication a unique-constraint decision. xid is the inserting
+-- transaction's ID: a wait compares it with the snapshot taken when it
+-- began. Events the library emits itself (system events) are stored in the
+-- transaction that ends a run and routed right after by any live process
+-- (routed = false until then).
+CREATE TABLE {{schema}}.durable_event (
+    id          text PRIMARY KEY,
+    name        text NOT NULL,
+    data        jsonb NOT NULL,
+    ts          timestamptz NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    routed      boolean NOT NULL DEFAULT true,
+    xid         xid8 NOT NULL DEFAULT pg_current_xact_id()
+);
+CREATE INDEX durable_event_unrouted_idx ON {{schema}}.durable_event (received_at) WHERE NOT routed;
+CREATE INDEX durable_event_name_received_idx ON {{schema}}.durable_event (name, received_at);
+
+-- One row per run. An attempt owns the run while owner_worker (the River
+-- client working its job, whose heartbeat says it is alive) and
+-- owner_token (the attempt's own) are set; epoch is the fencing version:
+-- every attempt's claim and every write that changes the run's state
+-- checks and bumps it (the owner alone cannot fence once released to NULL).
+CREATE TABLE {{schema}}.durable_run (
+    id              text PRIMARY KEY,
+    function_id     text NOT NULL,
+    status          text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    event_id        text NOT NULL,
+    event_ids       text[] NOT NULL,
+    events          jsonb NOT NULL,
+    job_id          bigint,
+    owner_worker    text,
+    owner_token     text,
+    epoch           bigint NOT NULL DEFAULT 0,
+    fn_attempts     integer NOT NULL DEFAULT 0,
+    wake_at         timestamptz,
+    output          jsonb,
+    error           text,
+    parent_run_id   text,
+    parent_step     text,
+    start_deadline  timestamptz,
+    finish_timeout  interval,
+    finish_deadline timestamptz,
+    -- Lines the function logged through durable.Logger (outside step
+    -- bodies) in earlier attempts: a replay skips as many.
+    log_lines       bigint NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    ended_at        timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 80); -- room on each page for the hot path's HOT updates
+CREATE INDEX durable_run_event_id_idx ON {{schema}}.durable_run (event_id);
+CREATE INDEX durable_run_function_created_idx ON {{schema}}.durable_run (function_id, created_at);
 CREATE INDEX durable_run_parent_idx ON {{schema}}.durable_run (parent_run_id) WHERE parent_run_id IS NOT NULL;
 -- No index predicate mentions status: updating status must stay a HOT
 -- update (the hot path updates the run row at every attempt).
@@ -18,8 +89,34 @@ CREATE INDEX durable_run_start_deadline_idx ON {{schema}}.durable_run (start_dea
     WHERE start_deadline IS NOT NULL;
 CREATE INDEX durable_run_finish_deadline_idx ON {{schema}}.durable_run (finish_deadline)
     WHERE finish_deadline IS NOT NULL;
--- Leave room on each page for those updates.
-ALTER TABLE {{schema}}.durable_run SET (fillfactor = 80);
+
+-- Memoized steps, keyed by (run, step key with counter suffix).
+-- child_run_id is the run an "invoke" step waits for.
+CREATE TABLE {{schema}}.durable_step (
+    run_id       text NOT NULL REFERENCES {{schema}}.durable_run (id) ON DELETE CASCADE,
+    key          text NOT NULL,
+    seq          integer NOT NULL,
+    kind         text NOT NULL,
+    status       text NOT NULL,
+    attempts     integer NOT NULL DEFAULT 0,
+    output       jsonb,
+    error        text,
+    wake_at      timestamptz,
+    child_run_id text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, key)
+);
+
+-- Liveness of worker processes. A River job left running by a process whose
+-- heartbeat is older than RecoverAfter is handed to another process.
+CREATE TABLE {{schema}}.durable_worker (
+    id            text PRIMARY KEY,
+    hostname      text NOT NULL DEFAULT '',
+    pid           integer NOT NULL DEFAULT 0,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz NOT NULL DEFAULT now()
+);
 
 -- Open waits (WaitForEvent) and cancellation listeners (CancelOn). An
 -- incoming event finds its candidates by (event_name, match_path,
@@ -61,22 +158,23 @@ CREATE TABLE {{schema}}.durable_cron_tick (
     PRIMARY KEY (function_id, tick)
 );
 
--- Functions' settings that the process creating a run needs (it may have no
--- functions of its own): idempotency key, cancellation listeners, timeouts.
-ALTER TABLE {{schema}}.durable_function ADD COLUMN config jsonb NOT NULL DEFAULT '{}';
-
--- Events emitted by the library itself (system events) are stored in the
--- transaction that ends the run and routed to the functions they trigger
--- right after, by any live process (routed = false until then).
-ALTER TABLE {{schema}}.durable_event ADD COLUMN routed boolean NOT NULL DEFAULT true;
-CREATE INDEX durable_event_unrouted_idx ON {{schema}}.durable_event (received_at) WHERE NOT routed;
-
 -- System event names some WaitForEvent waited on: from then on those
 -- events are always stored (a waiter registers the name, under the name's
 -- exclusive lock, before its wait begins).
 CREATE TABLE {{schema}}.durable_listened_name (
     name text PRIMARY KEY
 );
+
+-- Bounded upkeep: indexes that keep the every-second loops' queries to
+-- index ranges, however much work waits.
+
+-- The waker (query Wake) reads the scheduled jobs of its queue that are
+-- due and the next one due soon. Jobs scheduled far ahead (an Invoke
+-- without timeout waits ten years) pile up at the end of this index and
+-- are never read. Only scheduled jobs have entries: the hot path's
+-- available, running and completed jobs never write to it.
+CREATE INDEX durable_river_job_scheduled_idx ON {{schema}}.river_job (queue, scheduled_at)
+    WHERE state = 'scheduled';
 
 -- durable_deliver completes a waiting step (a wait's event, an invoked
 -- child's result) and wakes its run: the step must still be waiting (a
@@ -171,7 +269,7 @@ BEGIN
     -- listener, or a name some WaitForEvent ever waited on (a wait being
     -- registered may need the event; the shared lock orders this check
     -- with the waiter's exclusive one, see durable_listened_name).
-    PERFORM pg_advisory_xact_lock_shared(hashtext(split_part(p_channel, '.', 1) || ':durable/function.' || e.suffix))
+    PERFORM pg_advisory_xact_lock_shared(hashtext('{{schema}}'), hashtext('durable/function.' || e.suffix))
     FROM unnest(CASE p_status
         WHEN 'completed' THEN ARRAY['finished']
         WHEN 'failed' THEN ARRAY['failed', 'finished']
@@ -200,15 +298,13 @@ BEGIN
     END IF;
 
     DELETE FROM {{schema}}.durable_wait WHERE run_id = p_run_id;
+    -- A cancelled run shows no step still sleeping, waiting or retrying.
+    -- (A failed run's end does the same in its own statement, which also
+    -- writes steps: see the Commit query.)
+    IF p_status = 'cancelled' THEN
+        UPDATE {{schema}}.durable_step SET status = 'cancelled', wake_at = NULL, updated_at = now()
+        WHERE run_id = p_run_id AND status IN ('sleeping', 'waiting', 'retrying');
+    END IF;
     RETURN n;
 END;
 $$;
-
--- The child run an "invoke" step waits for.
-ALTER TABLE {{schema}}.durable_step ADD COLUMN child_run_id text;
-
--- A wait looks for matching events committed since it began: xid is the
--- inserting transaction's ID, compared with the snapshot taken when the
--- wait began.
-ALTER TABLE {{schema}}.durable_event ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
-CREATE INDEX durable_event_name_received_idx ON {{schema}}.durable_event (name, received_at);

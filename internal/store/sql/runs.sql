@@ -1,0 +1,107 @@
+-- Runs and steps: an attempt's load, claim and fenced writes, and the runs API.
+-- Each query starts with "-- name: X" (X is a field of store.Queries);
+-- {{schema}} is replaced by the quoted schema when the store is loaded.
+
+-- name: LoadRun
+SELECT r.function_id, r.status, r.events, r.owner_worker, r.epoch, r.fn_attempts, r.wake_at, r.error,
+    r.start_deadline < now() AS start_expired, r.finish_deadline < now() AS finish_expired,
+    coalesce(w.heartbeat_at > now() - make_interval(secs => $2::float8), false) AS owner_alive,
+    r.log_lines,
+    coalesce((
+        SELECT json_agg(json_build_object(
+            'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
+            'attempts', s.attempts, 'output', s.output, 'error', s.error, 'wake_at', s.wake_at)
+            ORDER BY s.seq)
+        FROM {{schema}}.durable_step s WHERE s.run_id = r.id), '[]'::json) AS steps
+FROM {{schema}}.durable_run r
+LEFT JOIN {{schema}}.durable_worker w ON w.id = r.owner_worker
+WHERE r.id = $1;
+
+-- name: ClaimRun
+-- An attempt takes the run before calling the function: from then on the
+-- run shows as running (with its start time), and every write of the
+-- attempt is fenced on its owner token.
+UPDATE {{schema}}.durable_run SET
+    owner_worker = $2, owner_token = $4, epoch = epoch + 1, status = 'running',
+    started_at = coalesce(started_at, now()), start_deadline = NULL,
+    finish_deadline = coalesce(finish_deadline, now() + finish_timeout),
+    updated_at = now()
+WHERE id = $1 AND epoch = $3 AND status IN ('queued', 'running');
+
+-- name: CommitStep
+-- CommitSteps for the usual single step, with scalar parameters and no
+-- CTE (cheaper to plan): no row comes back when the fence fails.
+INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
+SELECT r.id, @key, @seq, @kind, @status, @attempts, @output, @error, @wake_at, @child
+FROM {{schema}}.durable_run r
+WHERE r.id = @run_id AND r.owner_worker = @owner_worker AND r.owner_token = @owner_token AND r.status = 'running'
+FOR SHARE
+ON CONFLICT (run_id, key) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = excluded.error, wake_at = excluded.wake_at, child_run_id = coalesce(excluded.child_run_id, st.child_run_id),
+    updated_at = now()
+RETURNING 1, 1;
+
+-- name: CommitSteps
+-- The hot path: steps finished mid-attempt, once the attempt owns the run.
+-- The run row is only locked (FOR SHARE conflicts with a takeover's or a
+-- cancellation's update, and re-checks owner and status after waiting), not
+-- rewritten: one index entry and a row lock per step instead of a new run
+-- row version.
+WITH r AS (
+    SELECT id FROM {{schema}}.durable_run
+    WHERE id = @run_id AND owner_worker = @owner_worker AND owner_token = @owner_token AND status = 'running'
+    FOR SHARE
+), s AS (
+    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
+    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child
+    FROM r, unnest(@keys::text[], @seqs::int[], @kinds::text[], @statuses::text[], @attempts::int[], @outputs::jsonb[], @errors::text[], @wakes::timestamptz[], @children::text[])
+        AS u(key, seq, kind, status, attempts, output, error, wake_at, child)
+    ON CONFLICT (run_id, key) DO UPDATE SET
+        status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+        error = excluded.error, wake_at = excluded.wake_at, child_run_id = coalesce(excluded.child_run_id, st.child_run_id),
+        updated_at = now()
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s);
+
+-- name: RunStatus
+SELECT status FROM {{schema}}.durable_run WHERE id = $1;
+
+-- name: LockRun
+SELECT 1 FROM {{schema}}.durable_run WHERE id = $1 FOR UPDATE;
+
+-- name: CheckJSON
+-- Whether Postgres stores a step's output as jsonb (it refuses \u0000, say):
+-- finds which step of a refused commit is to blame.
+SELECT 1 FROM (SELECT $1::jsonb) AS x;
+
+-- name: GetRun
+SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
+    coalesce(parent_run_id, '')
+FROM {{schema}}.durable_run WHERE id = $1;
+
+-- name: GetSteps
+SELECT key, kind, status, attempts, output, coalesce(error, ''), coalesce(child_run_id, '')
+FROM {{schema}}.durable_step WHERE run_id = $1 ORDER BY seq;
+
+-- name: RunsForEvent
+SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
+    coalesce(parent_run_id, '')
+FROM {{schema}}.durable_run WHERE event_id = $1 ORDER BY created_at, id;
+
+-- name: RunExists
+SELECT EXISTS (SELECT 1 FROM {{schema}}.durable_run WHERE id = $1);
+
+-- name: CancelCandidates
+-- One page of at most $6 live runs of a function, those after the key
+-- ($4, $5) in (created_at, id) order (runs created in one transaction
+-- share created_at): the caller pages on from the last one it got.
+SELECT id, events -> 0, created_at FROM {{schema}}.durable_run
+WHERE function_id = $1 AND status IN ('queued', 'running')
+  AND ($2::timestamptz IS NULL OR created_at > $2)
+  AND ($3::timestamptz IS NULL OR created_at < $3)
+  AND created_at >= $4::timestamptz AND (created_at, id) > ($4::timestamptz, $5::text)
+ORDER BY created_at, id
+LIMIT $6;
+

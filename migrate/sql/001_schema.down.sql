@@ -1,0 +1,15 @@
+DROP FUNCTION IF EXISTS {{schema}}.durable_end_run(text, text, jsonb, text, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_claim_timeout(text, text, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_take_wait(bigint, text, jsonb, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_deliver(text, text, text, jsonb, text, text);
+DROP INDEX IF EXISTS {{schema}}.durable_river_job_scheduled_idx;
+DROP TABLE IF EXISTS {{schema}}.durable_listened_name;
+DROP TABLE IF EXISTS {{schema}}.durable_cron_tick;
+DROP TABLE IF EXISTS {{schema}}.durable_idempotency;
+DROP TABLE IF EXISTS {{schema}}.durable_wait;
+DROP TABLE IF EXISTS {{schema}}.durable_worker;
+DROP TABLE IF EXISTS {{schema}}.durable_step;
+DROP TABLE IF EXISTS {{schema}}.durable_run;
+DROP TABLE IF EXISTS {{schema}}.durable_event;
+DROP TABLE IF EXISTS {{schema}}.durable_function_trigger;
+DROP TABLE IF EXISTS {{schema}}.durable_function;
