@@ -1,28 +1,12 @@
 package durable
 
 import (
-	"encoding/json"
 	"strconv"
+
+	"github.com/pgdurable/durable/internal/store"
 )
 
-// funcConfig is the part of a function's options that whoever creates its
-// runs needs, stored in durable_function.config when the function's
-// process starts (the creator may be a send-only process).
-type funcConfig struct {
-	Idempotency string           `json:"idempotency,omitempty"`
-	CancelOn    []cancelOnConfig `json:"cancel_on,omitempty"`
-	StartMS     int64            `json:"start_timeout_ms,omitempty"`
-	FinishMS    int64            `json:"finish_timeout_ms,omitempty"`
-	// System marks a function only the library triggers (an OnFailure
-	// handler): Invoke refuses it.
-	System bool `json:"system,omitempty"`
-}
-
-type cancelOnConfig struct {
-	Event     string `json:"event"`
-	If        string `json:"if,omitempty"`
-	TimeoutMS int64  `json:"timeout_ms,omitempty"`
-}
+type funcConfig = store.FunctionConfig
 
 func (d *funcDef) config() funcConfig {
 	cfg := funcConfig{
@@ -32,15 +16,7 @@ func (d *funcDef) config() funcConfig {
 		System:      d.system,
 	}
 	for _, c := range d.opts.CancelOn {
-		cfg.CancelOn = append(cfg.CancelOn, cancelOnConfig{Event: c.Event, If: c.If, TimeoutMS: c.Timeout.Milliseconds()})
-	}
-	return cfg
-}
-
-func decodeConfig(b []byte) funcConfig {
-	var cfg funcConfig
-	if len(b) > 0 {
-		_ = json.Unmarshal(b, &cfg)
+		cfg.CancelOn = append(cfg.CancelOn, store.CancelOnConfig{Event: c.Event, If: c.If, TimeoutMS: c.Timeout.Milliseconds()})
 	}
 	return cfg
 }

@@ -282,7 +282,7 @@ func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, o
 	// pages are stable: senders of the name wait for the lock held here.
 	// Rows are read one by one, so only the match is kept.
 	const page = 1000
-	trigger := rs.trigger.asMap()
+	trigger := rs.trigger.AsMap()
 	afterAt, afterID := began.Add(-time.Hour), ""
 	for {
 		rows, err := tx.Query(ctx, c.q.EventsSince, opts.Event, snapshot, began, afterAt, afterID, page)
@@ -300,7 +300,7 @@ func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, o
 			n, afterID = n+1, e.ID
 			ok := true
 			if opts.If != "" {
-				if ok, err = c.evalWait(opts.If, trigger, e.asMap()); err != nil {
+				if ok, err = c.evalWait(opts.If, trigger, e.AsMap()); err != nil {
 					ok = false
 				}
 			}
@@ -403,7 +403,7 @@ func (c *Client) CancelMany(ctx context.Context, filter CancelFilter) (int, erro
 				if json.Unmarshal(k.ev, &ev) != nil {
 					continue
 				}
-				if ok, err := prog.Bool(ev.asMap(), nil); err != nil || !ok {
+				if ok, err := prog.Bool(ev.AsMap(), nil); err != nil || !ok {
 					continue
 				}
 			}

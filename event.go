@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/store"
 )
 
 // Event is something that happened, sent with [Client.Send],
@@ -42,23 +43,8 @@ func reservedFunction(id string) error {
 	return fmt.Errorf("function %q is an OnFailure handler, which only the library triggers: %w", id, ErrReservedName)
 }
 
-// eventJSON is an event's JSON form, the same shape everywhere: stored in
-// runs, seen by CEL expressions as `event`.
-type eventJSON struct {
-	ID   string          `json:"id"`
-	Name string          `json:"name"`
-	Data json.RawMessage `json:"data"`
-	TS   time.Time       `json:"ts"`
-}
-
-// asMap returns the event as CEL sees it.
-func (e eventJSON) asMap() map[string]any {
-	var data any
-	if len(e.Data) > 0 {
-		_ = json.Unmarshal(e.Data, &data)
-	}
-	return map[string]any{"id": e.ID, "name": e.Name, "data": data, "ts": e.TS.UTC().Format(time.RFC3339Nano)}
-}
+// eventJSON is an event's stored JSON form.
+type eventJSON = store.Event
 
 // prepareEvent validates an event and turns it into its stored form. i is
 // its position in the call, used in error messages.

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgdurable/durable/internal/expr"
+	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/riverjobs"
 )
 
@@ -57,7 +58,7 @@ func (c *Client) queueMatches(b *pgx.Batch, events []eventJSON) {
 	b.Queue(c.q.MatchTriggers, names)
 	for _, e := range events {
 		var paths, values []string
-		for p, v := range expr.Leaves(e.asMap(), maxIndexedLeaves) {
+		for p, v := range expr.Leaves(e.AsMap(), maxIndexedLeaves) {
 			paths, values = append(paths, p), append(values, v)
 		}
 		b.Queue(c.q.MatchWaits, e.Name, paths, values)
@@ -73,7 +74,7 @@ func (c *Client) readMatches(br pgx.BatchResults, events []eventJSON) (map[strin
 	var fn, name, ifExpr string
 	var cfg []byte
 	_, err = pgx.ForEachRow(rows, []any{&fn, &name, &ifExpr, &cfg}, func() error {
-		byName[name] = append(byName[name], trigger{fn, ifExpr, decodeConfig(cfg)})
+		byName[name] = append(byName[name], trigger{fn, ifExpr, store.DecodeFunctionConfig(cfg)})
 		return nil
 	})
 	if err != nil {
@@ -190,7 +191,7 @@ func (c *Client) act(ctx context.Context, tx pgx.Tx, events []eventJSON, byName 
 			}
 			if t.ifExpr != "" {
 				if evMap == nil {
-					evMap = e.asMap()
+					evMap = e.AsMap()
 				}
 				ok, err := c.evalFilter(t.ifExpr, evMap)
 				if err != nil {
@@ -233,7 +234,7 @@ func (c *Client) deliver(ctx context.Context, tx pgx.Tx, e eventJSON, cands []wa
 	if len(cands) == 0 {
 		return nil
 	}
-	evMap := e.asMap()
+	evMap := e.AsMap()
 	// Newest runs first: a child run is newer than its parent, and a
 	// child's end locks the child, then the parent; ending both here in
 	// the same order cannot deadlock with it.
@@ -244,7 +245,7 @@ func (c *Client) deliver(ctx context.Context, tx pgx.Tx, e eventJSON, cands []wa
 			if err := json.Unmarshal(k.runEvent, &runEvent); err != nil {
 				continue
 			}
-			ok, err := c.evalWait(k.ifExpr, runEvent.asMap(), evMap)
+			ok, err := c.evalWait(k.ifExpr, runEvent.AsMap(), evMap)
 			if err != nil {
 				c.filterFailed(ctx, k.kind+" condition", err, "run_id", k.runID, "event_id", e.ID)
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/store"
 )
 
 // Send persists events and starts a run of every function whose trigger
@@ -104,7 +105,7 @@ func (c *Client) claimIdempotency(ctx context.Context, tx pgx.Tx, runs []pending
 		if r.cfg.Idempotency == "" {
 			continue
 		}
-		key, err := c.evalKey(r.cfg.Idempotency, r.events[0].asMap())
+		key, err := c.evalKey(r.cfg.Idempotency, r.events[0].AsMap())
 		if err != nil {
 			c.logger.WarnContext(ctx, "durable: idempotency key failed to evaluate; starting the run without one",
 				"function_id", r.functionID, "idempotency", r.cfg.Idempotency, "error", err)
@@ -190,7 +191,7 @@ func (c *Client) indexKey(ifExpr string, runEvent eventJSON) (*string, *string) 
 	if !ok {
 		return nil, nil
 	}
-	key, ok, err := eq.Value.Key(runEvent.asMap(), nil)
+	key, ok, err := eq.Value.Key(runEvent.AsMap(), nil)
 	if err != nil || !ok {
 		return nil, nil
 	}
@@ -254,5 +255,5 @@ func (c *Client) functionConfig(ctx context.Context, db execer, functionID strin
 	if err != nil {
 		return funcConfig{}, err
 	}
-	return decodeConfig(raw), nil
+	return store.DecodeFunctionConfig(raw), nil
 }

@@ -1,0 +1,53 @@
+package store
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Event is an event's JSON form, the same shape everywhere: stored in
+// runs, seen by CEL expressions as `event` (see AsMap).
+type Event struct {
+	ID   string          `json:"id"`
+	Name string          `json:"name"`
+	Data json.RawMessage `json:"data"`
+	TS   time.Time       `json:"ts"`
+}
+
+// AsMap returns the event as CEL sees it.
+func (e Event) AsMap() map[string]any {
+	var data any
+	if len(e.Data) > 0 {
+		_ = json.Unmarshal(e.Data, &data)
+	}
+	return map[string]any{"id": e.ID, "name": e.Name, "data": data, "ts": e.TS.UTC().Format(time.RFC3339Nano)}
+}
+
+// FunctionConfig is the part of a function's options that whoever creates
+// its runs needs, stored in durable_function.config when the function is
+// registered (the creator may be a send-only process).
+type FunctionConfig struct {
+	Idempotency string           `json:"idempotency,omitempty"`
+	CancelOn    []CancelOnConfig `json:"cancel_on,omitempty"`
+	StartMS     int64            `json:"start_timeout_ms,omitempty"`
+	FinishMS    int64            `json:"finish_timeout_ms,omitempty"`
+	// System marks a function only the library triggers (an OnFailure
+	// handler): Invoke refuses it.
+	System bool `json:"system,omitempty"`
+}
+
+// CancelOnConfig is a stored FunctionOpts.CancelOn entry.
+type CancelOnConfig struct {
+	Event     string `json:"event"`
+	If        string `json:"if,omitempty"`
+	TimeoutMS int64  `json:"timeout_ms,omitempty"`
+}
+
+// DecodeFunctionConfig reads a stored config; an unreadable one is empty.
+func DecodeFunctionConfig(b []byte) FunctionConfig {
+	var cfg FunctionConfig
+	if len(b) > 0 {
+		_ = json.Unmarshal(b, &cfg)
+	}
+	return cfg
+}
