@@ -1,8 +1,6 @@
 package durable
 
 import (
-	"strconv"
-
 	"github.com/pgdurable/durable/internal/store"
 )
 
@@ -19,13 +17,4 @@ func (d *funcDef) config() funcConfig {
 		cfg.CancelOn = append(cfg.CancelOn, store.CancelOnConfig{Event: c.Event, If: c.If, TimeoutMS: c.Timeout.Milliseconds()})
 	}
 	return cfg
-}
-
-// interval renders milliseconds as a Postgres interval, or nil.
-func interval(ms int64) *string {
-	if ms <= 0 {
-		return nil
-	}
-	s := strconv.FormatInt(ms, 10) + " milliseconds"
-	return &s
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgdurable/durable/internal/expr"
+	"github.com/pgdurable/durable/internal/failure"
 )
 
 // testHookWaitBegan holds, for tests only, functions (by function ID)
@@ -70,7 +71,7 @@ func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEv
 		// A wait on an event the library emits (durable/function.*) needs
 		// those events stored from before it begins.
 		if strings.HasPrefix(opts.Event, "durable/") {
-			if err := rs.c.listenName(ctx, opts.Event); err != nil {
+			if err := rs.c.router.ListenName(ctx, opts.Event); err != nil {
 				rs.stop(ctx, fmt.Errorf("durable: WaitForEvent %q: %w", key, err))
 			}
 		}
@@ -122,7 +123,7 @@ func Invoke[T any](ctx context.Context, id string, opts InvokeOpts) (T, error) {
 		if opts.Function == "" {
 			return NonRetriable(fmt.Errorf("durable: Invoke %q: InvokeOpts.Function is required", key))
 		}
-		cfg, err := rs.c.functionConfig(ctx, rs.c.pool, opts.Function)
+		cfg, err := rs.c.router.FunctionConfig(ctx, rs.c.pool, opts.Function)
 		if err == nil && cfg.System {
 			return NonRetriable(fmt.Errorf("durable: Invoke %q: %w", key, reservedFunction(opts.Function)))
 		}
@@ -159,7 +160,7 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, check fun
 		case stepCompleted:
 			return row.Output, nil
 		case stepFailed:
-			return nil, &StepError{StepID: key, Attempts: max(row.Attempts, 1), Message: stepMessage(deref(row.Error))}
+			return nil, &StepError{StepID: key, Attempts: max(row.Attempts, 1), Message: failure.Message(deref(row.Error))}
 		case stepTimedOut:
 			return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
 		case stepWaiting:
@@ -215,7 +216,7 @@ func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.Ra
 	case stepTimedOut:
 		return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, ErrEventTimeout)
 	default:
-		return nil, &StepError{StepID: key, Attempts: max(attempts, 1), Message: stepMessage(deref(errText))}
+		return nil, &StepError{StepID: key, Attempts: max(attempts, 1), Message: failure.Message(deref(errText))}
 	}
 }
 
@@ -228,28 +229,9 @@ func (rs *runState) setMemo(row *stepRow) {
 	rs.memo[row.Key] = row
 }
 
-// listenName records, once per name and process, that a wait listens to a
-// system event name, under the name's exclusive lock (see durable_end_run).
-func (c *Client) listenName(ctx context.Context, name string) error {
-	if _, done := c.listened.Load(name); done {
-		return nil
-	}
-	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, c.q.LockEventName, []string{name}); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, c.q.ListenName, name)
-		return err
-	})
-	if err == nil {
-		c.listened.Store(name, true)
-	}
-	return err
-}
-
 // startChild creates the invoked run, in the suspending transaction.
 func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, opts InvokeOpts) error {
-	id, err := rs.c.invokeTx(ctx, tx, opts.Function, opts.Data, rs.runID, row.Key, true)
+	id, err := rs.c.invokeTx(ctx, tx, opts.Function, opts.Data, rs.runID, row.Key)
 	if err != nil {
 		err = fmt.Errorf("durable: invoke %q of %q: could not start the run: %w", row.Key, opts.Function, err)
 		var pg *pgconn.PgError
@@ -300,7 +282,7 @@ func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, o
 			n, afterID = n+1, e.ID
 			ok := true
 			if opts.If != "" {
-				if ok, err = c.evalWait(opts.If, trigger, e.AsMap()); err != nil {
+				if ok, err = c.router.EvalWait(opts.If, trigger, e.AsMap()); err != nil {
 					ok = false
 				}
 			}
@@ -326,18 +308,7 @@ func (rs *runState) registerWait(ctx context.Context, tx pgx.Tx, row *stepRow, o
 			break // no more events
 		}
 	}
-	var w waitRows
-	key := row.Key
-	w.add(c, rs.runID, "wait", &key, opts.Event, opts.If, rs.trigger, &wake)
-	return false, w.insert(ctx, c, tx)
-}
-
-func (c *Client) evalWait(src string, event, async map[string]any) (bool, error) {
-	p, err := c.exprs.Compile(src, expr.EventAndAsync)
-	if err != nil {
-		return false, err
-	}
-	return p.Bool(event, async)
+	return false, c.router.InsertWait(ctx, tx, rs.runID, row.Key, opts.Event, opts.If, rs.trigger, wake)
 }
 
 // CancelFilter selects runs for [Client.CancelMany].
@@ -409,7 +380,7 @@ func (c *Client) CancelMany(ctx context.Context, filter CancelFilter) (int, erro
 			}
 			var cancelled bool
 			err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
-				cancelled, err = c.cancelRun(ctx, tx, k.id, "cancelled")
+				cancelled, err = c.router.CancelRun(ctx, tx, k.id, "cancelled")
 				return err
 			})
 			if err != nil {
@@ -440,7 +411,7 @@ func SendEvent(ctx context.Context, id string, events ...Event) ([]string, error
 		return nil, NonRetriable(fmt.Errorf("durable: SendEvent %q: %w", key, err))
 	}
 	raw, err := rs.step(ctx, key, "send", nil, func(ctx context.Context, tx pgx.Tx) (json.RawMessage, error) {
-		ids, _, err := rs.c.sendPrepared(ctx, tx, prepared, true)
+		ids, _, err := rs.c.router.Send(ctx, tx, prepared, true)
 		if err != nil {
 			return nil, err
 		}

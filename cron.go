@@ -160,11 +160,11 @@ func (c *Client) fireTick(ctx context.Context, j cronJob, tick time.Time) error 
 		if tag.RowsAffected() == 0 {
 			return nil // another process fired this tick
 		}
-		runIDs, err := c.insertRuns(ctx, tx, []pendingRun{{functionID: fnID, cfg: j.fn.config(), events: []eventJSON{ev}}}, true)
+		runID, err := c.router.StartRun(ctx, tx, fnID, j.fn.config(), ev)
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, c.q.SetCronTickRun, fnID, tick, runIDs[0])
+		_, err = tx.Exec(ctx, c.q.SetCronTickRun, fnID, tick, runID)
 		return err
 	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/ids"
 	"github.com/pgdurable/durable/internal/pgident"
+	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/riverjobs"
 )
@@ -91,6 +92,7 @@ type Client struct {
 	cfg           Config
 	schema        string
 	q             *store.Queries
+	router        *router.Router
 	river         *river.Client[pgx.Tx]
 	funcs         map[string]*funcDef
 	exprs         *expr.Cache
@@ -112,9 +114,6 @@ type Client struct {
 	wakeCh    chan time.Time
 	routeCh   chan struct{}
 	abandon   chan struct{} // closed when Stop's deadline passes: attempts still in user code are abandoned
-	unmatched sync.Map      // event names this client warned about (an event that started nothing)
-	notes     notifier
-	listened  sync.Map // system event names this process registered waits on
 }
 
 // NewClient builds a client. It checks every function and option and
@@ -237,6 +236,16 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("durable: river client: %w", err)
 	}
+	c.router = router.New(router.Config{
+		Pool: pool, Queries: c.q, Exprs: c.exprs, Logger: cfg.Logger, River: c.river,
+		Queue: cfg.Queue, Schema: schema, KickRouter: c.kickRouter,
+		Local: func(id string) (store.FunctionConfig, bool) {
+			if d, ok := c.funcs[id]; ok {
+				return d.config(), true
+			}
+			return store.FunctionConfig{}, false
+		},
+	})
 	return c, nil
 }
 

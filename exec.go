@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 
+	"github.com/pgdurable/durable/internal/failure"
 	"github.com/pgdurable/durable/internal/ids"
 	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/riverjobs"
@@ -184,7 +185,7 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 			reason = "timed out: not finished within Timeouts.Finish"
 		}
 		if err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-			_, err := c.cancelRun(ctx, tx, runID, reason)
+			_, err := c.router.CancelRun(ctx, tx, runID, reason)
 			return err
 		}); err != nil {
 			return c.stopOutcome(ctx, err)
@@ -290,9 +291,9 @@ func (rs *runState) call(ctx context.Context, events []eventJSON) callResult {
 		defer func() {
 			if !returned {
 				if p := recover(); p != nil {
-					pe := newPanicError(p)
+					pe := failure.NewPanic(p)
 					rs.c.logger.WarnContext(ctx, "durable: function panicked", "run_id", rs.runID,
-						"function_id", rs.def.opts.ID, "panic", pe.msg, "stack", pe.stack)
+						"function_id", rs.def.opts.ID, "panic", pe.Msg, "stack", pe.Stack)
 					res.err = pe
 				} else {
 					res.exited = true
@@ -395,7 +396,7 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 			res.err = NonRetriable(fmt.Errorf("durable: the function's result could not be stored: %w", err))
 		}
 	}
-	msg := runErrorText(res.err)
+	msg := failure.RunText(res.err)
 	var se *StepError
 	fail := errors.As(res.err, &se) || isNonRetriable(res.err)
 	if !fail {
@@ -472,7 +473,7 @@ func (rs *runState) failRefused(ctx context.Context, err error, rows []*stepRow)
 	}
 	resume := time.Time{}
 	for _, r := range rows {
-		msg := cleanText(fmt.Sprintf("durable: step %q: its output could not be stored: %v", r.Key, err))
+		msg := failure.Clean(fmt.Sprintf("durable: step %q: its output could not be stored: %v", r.Key, err))
 		row, at := rs.failedAttempt(r.Key, r.Seq, r.Kind, r.Attempts, errors.New(msg))
 		rs.mu.Lock()
 		rs.stateBytes -= len(r.Output)
@@ -491,7 +492,7 @@ func (rs *runState) failRefused(ctx context.Context, err error, rows []*stepRow)
 // backoff, or failed once retries are exhausted (or for a non-retriable
 // error). It returns when the run resumes: the retry, or now.
 func (rs *runState) failedAttempt(key string, seq int, kind string, attempts int, err error) (*stepRow, time.Time) {
-	msg := stepErrorText(err)
+	msg := failure.StepText(err)
 	if isNonRetriable(err) || attempts > rs.def.retries() {
 		return &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepFailed, Attempts: attempts, Error: &msg}, time.Now()
 	}
@@ -617,7 +618,7 @@ func (rs *runState) runHook(ctx context.Context, tx pgx.Tx, h suspendHook) (bool
 	if !errors.As(err, &sf) && !rs.permanent(err) {
 		return false, err
 	}
-	msg := cleanText(err.Error())
+	msg := failure.Clean(err.Error())
 	rs.mu.Lock()
 	h.row.Status, h.row.Error, h.row.WakeAt, h.row.ChildRun, h.row.Output = stepFailed, &msg, nil, nil, nil
 	rs.mu.Unlock()

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 )
 
 // Run is one execution of one function for one trigger.
@@ -133,7 +132,7 @@ func (c *Client) RunsForEvent(ctx context.Context, eventID string) ([]*Run, erro
 // unknown run is an error wrapping [ErrRunNotFound].
 func (c *Client) Cancel(ctx context.Context, runID string) error {
 	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		cancelled, err := c.cancelRun(ctx, tx, runID, "cancelled")
+		cancelled, err := c.router.CancelRun(ctx, tx, runID, "cancelled")
 		if err != nil {
 			return fmt.Errorf("durable: Cancel: %w", err)
 		}
@@ -149,31 +148,6 @@ func (c *Client) Cancel(ctx context.Context, runID string) error {
 		}
 		return nil
 	})
-}
-
-// cancelRun cancels a live run in tx (emitting durable/function.cancelled,
-// telling a waiting parent) and its River job: at once when the job waits
-// in the queue, by cancelling its context when it runs. It reports false
-// for a run that is not live.
-func (c *Client) cancelRun(ctx context.Context, tx pgx.Tx, runID, reason string) (bool, error) {
-	var jobID *int64
-	var events int
-	err := tx.QueryRow(ctx, c.q.CancelRun, runID, reason, c.notifyChannel).Scan(&jobID, &events)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	if events > 0 {
-		c.kickRouter()
-	}
-	if jobID != nil {
-		if _, err := c.river.JobCancelTx(ctx, tx, *jobID); err != nil && !errors.Is(err, pgx.ErrNoRows) && !errors.Is(err, river.ErrNotFound) {
-			return false, fmt.Errorf("durable: cancelling job %d: %w", *jobID, err)
-		}
-	}
-	return true, nil
 }
 
 func scanRun(row pgx.Row) (*Run, error) {

@@ -11,6 +11,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgdurable/durable/internal/failure"
+	"github.com/pgdurable/durable/internal/router"
 )
 
 // Step runs fn once per run and memoizes its JSON result. Reused IDs get
@@ -159,7 +162,7 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 		case stepCompleted:
 			return row.Output, nil
 		case stepFailed:
-			return nil, &StepError{StepID: key, Attempts: row.Attempts, Message: stepMessage(deref(row.Error))}
+			return nil, &StepError{StepID: key, Attempts: row.Attempts, Message: failure.Message(deref(row.Error))}
 		case stepRetrying:
 			if row.WakeAt != nil && time.Until(*row.WakeAt) > 0 {
 				rs.exit(suspendOutcome(*row.WakeAt))
@@ -219,8 +222,8 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 		rs.stop(ctx, fmt.Errorf("durable: step %q: begin: %w", key, err))
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	self := &selfCancel{runID: rs.runID}
-	out, err := protect(func() (json.RawMessage, error) { return fn(context.WithValue(ctx, selfCancelKey{}, self), tx) })
+	self := &router.SelfCancel{RunID: rs.runID}
+	out, err := protect(func() (json.RawMessage, error) { return fn(router.WithSelfCancel(ctx, self), tx) })
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +240,7 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 	res, err := rs.commitIn(ctx, tx, commitParams{status: string(RunRunning)})
 	if err != nil {
 		rs.dropPending(row)
-		if errors.Is(err, errRunCancelled) && self.hit {
+		if errors.Is(err, errRunCancelled) && self.Hit {
 			// The step's own events cancelled its run (its CancelOn): they
 			// commit, with the cancellation, and the attempt ends.
 			if cerr := tx.Commit(ctx); cerr != nil {
@@ -264,15 +267,6 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 	return out, nil
 }
 
-// selfCancel tells a StepTx whether the events it sent cancelled its own
-// run (see deliver).
-type selfCancel struct {
-	runID string
-	hit   bool
-}
-
-type selfCancelKey struct{}
-
 // stepFailed records a failed attempt: it suspends the run for the retry,
 // or, once retries are exhausted (or for a non-retriable error), records
 // the step as failed and returns the *StepError.
@@ -288,7 +282,7 @@ func (rs *runState) stepFailed(ctx context.Context, key string, seq int, kind st
 	row, at := rs.failedAttempt(key, seq, kind, attempts, err)
 	rs.addPending(row)
 	if row.Status == stepFailed {
-		return &StepError{StepID: key, Attempts: attempts, Message: stepMessage(*row.Error)}
+		return &StepError{StepID: key, Attempts: attempts, Message: failure.Message(*row.Error)}
 	}
 	rs.exit(suspendOutcome(at))
 	return nil // not reached
@@ -396,7 +390,7 @@ func protect(fn func() (json.RawMessage, error)) (out json.RawMessage, err error
 	defer func() {
 		if !returned {
 			if p := recover(); p != nil {
-				out, err = nil, newPanicError(p)
+				out, err = nil, failure.NewPanic(p)
 			}
 		}
 	}()

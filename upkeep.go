@@ -32,7 +32,7 @@ func (c *Client) startUpkeep(ctx context.Context) {
 	}()
 	go func() {
 		defer c.bgDone.Done()
-		c.router(ctx)
+		c.routeLoop(ctx)
 	}()
 }
 
@@ -44,11 +44,11 @@ func (c *Client) kickRouter() {
 	}
 }
 
-// router routes the events the library emits itself (system events) to
+// routeLoop routes the events the library emits itself (system events) to
 // the runs they trigger. They are stored in the transaction that ends a
 // run; any live process routes them, exactly once, right after (this one
 // at once when it emitted them, the others within a second).
-func (c *Client) router(ctx context.Context) {
+func (c *Client) routeLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -57,7 +57,7 @@ func (c *Client) router(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 		for {
-			n, err := c.routeOnce(ctx)
+			n, err := c.router.RouteOnce(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
 					c.logger.WarnContext(ctx, "durable: routing system events failed", "error", err)
@@ -69,35 +69,6 @@ func (c *Client) router(ctx context.Context) {
 			}
 		}
 	}
-}
-
-func (c *Client) routeOnce(ctx context.Context) (int, error) {
-	var n int
-	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, c.q.UnroutedEvents)
-		if err != nil {
-			return err
-		}
-		events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventJSON, error) {
-			var e eventJSON
-			err := row.Scan(&e.ID, &e.Name, &e.Data, &e.TS)
-			return e, err
-		})
-		if err != nil || len(events) == 0 {
-			return err
-		}
-		n = len(events)
-		if err := c.fanOut(ctx, tx, events); err != nil {
-			return err
-		}
-		ids := make([]string, len(events))
-		for i, e := range events {
-			ids[i] = e.ID
-		}
-		_, err = tx.Exec(ctx, c.q.MarkRouted, ids)
-		return err
-	})
-	return n, err
 }
 
 func (c *Client) loop(ctx context.Context, every time.Duration, name string, fn func(context.Context) error) {
@@ -198,7 +169,7 @@ func (c *Client) expireRuns(ctx context.Context) error {
 			}
 			var ok bool
 			err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
-				ok, err = c.cancelRun(ctx, tx, r.id, reason)
+				ok, err = c.router.CancelRun(ctx, tx, r.id, reason)
 				return err
 			})
 			if err != nil {

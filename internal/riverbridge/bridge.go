@@ -35,12 +35,13 @@ import (
 // notifier.NotificationTopicInsert in internal/notifier/notifier.go.
 const insertTopic = "river_insert"
 
-// MaxSchemaLen is the longest schema name whose insert channel Postgres
-// accepts: a channel name is an identifier of at most 63 bytes, and
-// pg_notify rejects a longer one ("channel name too long"). River's own
-// Insert fails the same way on a longer schema, since it notifies on the
-// same channel (Client.maybeNotifyInsertForQueues).
-const MaxSchemaLen = 63 - len("."+insertTopic)
+// MaxSchemaLen is the longest schema name River's Config accepts
+// (client.go, Config.validate: 63 - 1 - len(NotificationTopicLongest),
+// "river_leadership"): River prefixes the schema and a dot to its
+// notification channels, and Postgres identifiers hold 63 bytes. A longer
+// schema makes river.NewClient fail; rivermigrate does not check it.
+// River also requires ^[a-zA-Z_][a-zA-Z0-9_]*$ (postgresSchemaNameRE).
+const MaxSchemaLen = 63 - 1 - len("river_leadership")
 
 // InsertTopic returns the channel River's producers LISTEN on for insert
 // notifications when River's Config.Schema is schema: the schema, a dot and
@@ -157,7 +158,7 @@ const MigrationLine = "main"
 // MigrationLineVersion is River's migration that adds river_migration.line
 // (rivermigrate/river_migrate.go, migrateVersionLineColumnAdded): River
 // records earlier versions by version alone.
-const MigrationLineVersion = 5
+const MigrationLineVersion = 4
 
 // SchemaTemplate is the marker River's migration SQL
 // (rivermigrate.Migration.SQLUp, SQLDown) holds where the schema prefix
