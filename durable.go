@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,6 +15,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/pgdurable/durable/internal/executor"
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/ids"
 	"github.com/pgdurable/durable/internal/pgident"
@@ -93,6 +93,7 @@ type Client struct {
 	schema        string
 	q             *store.Queries
 	router        *router.Router
+	exec          *executor.Executor
 	river         *river.Client[pgx.Tx]
 	funcs         map[string]*funcDef
 	exprs         *expr.Cache
@@ -104,16 +105,12 @@ type Client struct {
 	mu        sync.Mutex
 	started   bool
 	stopped   bool
-	stopping  atomic.Bool
 	bgCancel  context.CancelFunc
 	bgDone    sync.WaitGroup
 	attMu     sync.Mutex
 	attempers map[string]bool // River client IDs whose heartbeat this process keeps (under attMu)
-	active    sync.Map        // run ID -> struct{}: attempts executing in this process
-	activeN   atomic.Int64
 	wakeCh    chan time.Time
 	routeCh   chan struct{}
-	abandon   chan struct{} // closed when Stop's deadline passes: attempts still in user code are abandoned
 }
 
 // NewClient builds a client. It checks every function and option and
@@ -179,7 +176,6 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 		attempers:     map[string]bool{},
 		wakeCh:        make(chan time.Time, 1),
 		routeCh:       make(chan struct{}, 1),
-		abandon:       make(chan struct{}),
 	}
 	for i, f := range cfg.Functions {
 		if f == nil {
@@ -200,6 +196,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 				errs = append(errs, fmt.Errorf("durable: two functions have the ID %q", d.opts.ID))
 				continue
 			}
+			d.exec = &executor.Function{ID: d.opts.ID, Retries: d.retries(), Call: d.call}
 			c.funcs[d.opts.ID] = d
 		}
 	}
@@ -222,7 +219,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 		JobTimeout:           -1,
 		RescueStuckJobsAfter: 100 * 365 * 24 * time.Hour, // durable detects dead workers itself
 		MaxAttempts:          1000,
-		RetryPolicy:          retryPolicy{},
+		RetryPolicy:          executor.RetryPolicy{},
 	}
 	if len(c.funcs) > 0 && !cfg.ExternalRiver {
 		workers := river.NewWorkers()
@@ -246,7 +243,27 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 			return store.FunctionConfig{}, false
 		},
 	})
+	c.exec = executor.New(executor.Config{
+		Pool: pool, Queries: c.q, Router: c.router, River: c.river, Exprs: c.exprs, Logger: cfg.Logger,
+		WorkerID: c.workerID, Queue: cfg.Queue, RecoverAfter: cfg.RecoverAfter, RetryBackoff: cfg.RetryBackoff,
+		MaxSteps: cfg.MaxSteps, MaxStepOutput: cfg.MaxStepOutput, MaxRunState: cfg.MaxRunState, MaxEventSize: cfg.MaxEventSize,
+		Function: func(id string) *executor.Function {
+			if d, ok := c.funcs[id]; ok {
+				return d.exec
+			}
+			return nil
+		},
+		KickWaker: c.kickWaker, KickRouter: c.kickRouter, NoteAttempter: c.noteAttempter,
+	})
 	return c, nil
+}
+
+// runExecutor is the riverjobs.Executor of a client: the River worker is
+// registered before the executor is built.
+type runExecutor struct{ c *Client }
+
+func (r runExecutor) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArgs]) error {
+	return r.c.exec.ExecuteRun(ctx, job)
 }
 
 // AddWorkers registers the worker that executes durable runs on workers,
@@ -255,7 +272,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 // have the queue [Config.Queue]; set its RescueStuckJobsAfter high (durable
 // recovers runs of dead processes itself, after RecoverAfter).
 func (c *Client) AddWorkers(workers *river.Workers) error {
-	return river.AddWorkerSafely(workers, &riverjobs.RunWorker{Exec: c})
+	return river.AddWorkerSafely(workers, &riverjobs.RunWorker{Exec: runExecutor{c}})
 }
 
 // DefaultRetryBackoff is the default [Config.RetryBackoff]: 10s doubling
@@ -345,7 +362,7 @@ func (c *Client) Stop(ctx context.Context) error {
 		return nil
 	}
 	c.stopped = true
-	c.stopping.Store(true)
+	c.exec.SetStopping()
 	// grace ends a little before ctx's deadline, leaving time to hand the
 	// abandoned runs back; cleanup ends at the deadline.
 	grace, cancelGrace := graceContext(ctx)
@@ -355,19 +372,19 @@ func (c *Client) Stop(ctx context.Context) error {
 	var stopErr error
 	if !c.cfg.ExternalRiver {
 		if err := c.river.Stop(grace); err != nil {
-			close(c.abandon)
+			c.exec.Abandon()
 			stopErr = c.river.StopAndCancel(cleanup)
 			if stopErr == nil {
 				stopErr = fmt.Errorf("durable: Stop: attempts still running at the deadline were abandoned and their runs handed back: %w", context.Cause(grace))
 			}
 		}
 	} else {
-		for c.activeN.Load() > 0 && grace.Err() == nil {
+		for c.exec.Active() > 0 && grace.Err() == nil {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if c.activeN.Load() > 0 {
-			close(c.abandon)
-			for c.activeN.Load() > 0 && cleanup.Err() == nil {
+		if c.exec.Active() > 0 {
+			c.exec.Abandon()
+			for c.exec.Active() > 0 && cleanup.Err() == nil {
 				time.Sleep(5 * time.Millisecond)
 			}
 			stopErr = fmt.Errorf("durable: Stop: attempts still running at the deadline were abandoned and their runs handed back: %w", context.Cause(grace))

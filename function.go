@@ -3,9 +3,13 @@ package durable
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/pgdurable/durable/internal/executor"
+	"github.com/pgdurable/durable/internal/failure"
 )
 
 // Function is a durable function defined with [NewFunction]. Pass it to
@@ -133,6 +137,8 @@ type funcDef struct {
 	// call decodes the run's events, calls the user's function and
 	// encodes its result.
 	call func(ctx context.Context, events []eventJSON, runID string, attempt int) (json.RawMessage, error)
+	// exec is the function as the executor calls it (set by NewClient).
+	exec *executor.Function
 }
 
 // NewFunction defines a durable function. In is the type of the triggering
@@ -159,6 +165,12 @@ func NewFunction[In, Out any](opts FunctionOpts, fn func(ctx context.Context, in
 			in.Events = append(in.Events, te)
 		}
 		out, err := fn(ctx, in)
+		var se *StepError
+		if errors.As(err, &se) {
+			// A step's final failure the function did not handle fails
+			// the run (no retry from the top).
+			return nil, &failure.FailsRun{Err: err}
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -15,7 +15,7 @@ import (
 // whose ID was already seen in the last 24 hours is not delivered again and
 // its ID is returned as it is.
 func (c *Client) Send(ctx context.Context, events ...Event) ([]string, error) {
-	prepared, err := c.prepareEvents(events)
+	prepared, err := prepareEvents(events, c.cfg.MaxEventSize)
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +40,7 @@ func (c *Client) SendTx(ctx context.Context, tx pgx.Tx, events ...Event) ([]stri
 	if tx == nil {
 		return nil, fmt.Errorf("durable: SendTx: tx is nil")
 	}
-	prepared, err := c.prepareEvents(events)
+	prepared, err := prepareEvents(events, c.cfg.MaxEventSize)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +48,7 @@ func (c *Client) SendTx(ctx context.Context, tx pgx.Tx, events ...Event) ([]stri
 	return ids, c.explain(err)
 }
 
-func (c *Client) prepareEvents(events []Event) ([]eventJSON, error) {
+func prepareEvents(events []Event, maxEventSize int) ([]eventJSON, error) {
 	if len(events) == 0 {
 		return nil, fmt.Errorf("durable: Send: no events")
 	}
@@ -57,7 +57,7 @@ func (c *Client) prepareEvents(events []Event) ([]eventJSON, error) {
 		if strings.HasPrefix(strings.TrimSpace(e.Name), ReservedPrefix) {
 			return nil, fmt.Errorf("durable: event %d (%q): %w", i, e.Name, ErrReservedName)
 		}
-		p, err := prepareEvent(e, i, c.cfg.MaxEventSize)
+		p, err := prepareEvent(e, i, maxEventSize)
 		if err != nil {
 			return nil, err
 		}

@@ -5,16 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
-	"strings"
+	"log/slog"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgdurable/durable/internal/executor"
 	"github.com/pgdurable/durable/internal/failure"
-	"github.com/pgdurable/durable/internal/router"
+	"github.com/pgdurable/durable/internal/store"
 )
+
+// The step functions are generic wrappers over internal/executor: they
+// encode and decode the user's types as JSON, and turn a step's final
+// failure into a *StepError.
 
 // Step runs fn once per run and memoizes its JSON result. Reused IDs get
 // automatic counters ("fetch-data", "fetch-data:1", ...).
@@ -25,22 +28,18 @@ import (
 // function may handle. The value returned is always the JSON round trip of
 // fn's result, on the first run and on replays alike.
 func Step[T any](ctx context.Context, id string, fn func(ctx context.Context) (T, error)) (T, error) {
-	var zero T
-	rs, key, err := enterStep(ctx, id, fn == nil)
-	if err != nil {
-		return zero, err
-	}
-	raw, err := rs.step(ctx, key, "step", func(sctx context.Context) (json.RawMessage, error) {
-		v, err := fn(sctx)
-		if err != nil {
-			return nil, err
+	var plain func(context.Context) (json.RawMessage, error)
+	if fn != nil {
+		plain = func(sctx context.Context) (json.RawMessage, error) {
+			v, err := fn(sctx)
+			if err != nil {
+				return nil, err
+			}
+			return marshalStep(id, v)
 		}
-		return marshalStep(key, v)
-	}, nil)
-	if err != nil {
-		return zero, err
 	}
-	return unmarshalStep[T](key, raw)
+	key, raw, err := executor.Step(ctx, id, "step", plain, nil)
+	return result[T](key, raw, err)
 }
 
 // StepTx runs fn inside a transaction of the client's pool; the step's result
@@ -49,354 +48,116 @@ func Step[T any](ctx context.Context, id string, fn func(ctx context.Context) (T
 //
 // Retries and errors behave as for [Step]; a failed attempt rolls back.
 func StepTx[T any](ctx context.Context, id string, fn func(ctx context.Context, tx pgx.Tx) (T, error)) (T, error) {
-	var zero T
-	rs, key, err := enterStep(ctx, id, fn == nil)
-	if err != nil {
-		return zero, err
-	}
-	raw, err := rs.step(ctx, key, "step", nil, func(sctx context.Context, tx pgx.Tx) (json.RawMessage, error) {
-		v, err := fn(sctx, tx)
-		if err != nil {
-			return nil, err
+	var inTx func(context.Context, pgx.Tx) (json.RawMessage, error)
+	if fn != nil {
+		inTx = func(sctx context.Context, tx pgx.Tx) (json.RawMessage, error) {
+			v, err := fn(sctx, tx)
+			if err != nil {
+				return nil, err
+			}
+			return marshalStep(id, v)
 		}
-		return marshalStep(key, v)
-	})
-	if err != nil {
-		return zero, err
 	}
-	return unmarshalStep[T](key, raw)
+	key, raw, err := executor.Step(ctx, id, "step", nil, inTx)
+	return result[T](key, raw, err)
 }
 
 // Sleep suspends the run for d. The run holds no goroutine, connection or
 // worker slot while it sleeps; it resumes here once d has passed (on
 // replays, d counts from when the sleep first began).
 func Sleep(ctx context.Context, id string, d time.Duration) error {
-	return sleepUntil(ctx, id, func() time.Time { return time.Now().Add(d) })
+	return executor.SleepUntil(ctx, id, func() time.Time { return time.Now().Add(d) })
 }
 
 // SleepUntil suspends the run until t. See [Sleep].
 func SleepUntil(ctx context.Context, id string, t time.Time) error {
-	return sleepUntil(ctx, id, func() time.Time { return t })
+	return executor.SleepUntil(ctx, id, func() time.Time { return t })
 }
 
-func sleepUntil(ctx context.Context, id string, until func() time.Time) error {
-	rs, key, err := enterStep(ctx, id, false)
-	if err != nil {
-		return err
-	}
-	rs.mu.Lock()
-	row := rs.lookup(key)
-	rs.mu.Unlock()
-	if row != nil {
-		switch {
-		case row.Status == stepCompleted:
-			return nil
-		case row.Status == stepSleeping && row.WakeAt != nil && time.Until(*row.WakeAt) > 0:
-			rs.exit(suspendOutcome(*row.WakeAt))
-		case row.Status == stepSleeping:
-			rs.addPending(&stepRow{Key: key, Seq: row.Seq, Kind: "sleep", Status: stepCompleted, Attempts: 1, WakeAt: row.WakeAt})
-			return nil
-		}
-	}
-	if err := rs.boundary(ctx, key, false); err != nil {
-		return err
-	}
-	wake := until().UTC()
-	seq := rs.newSeq()
-	if time.Until(wake) <= 0 {
-		rs.addPending(&stepRow{Key: key, Seq: seq, Kind: "sleep", Status: stepCompleted, Attempts: 1, WakeAt: &wake})
-		return nil
-	}
-	rs.addPending(&stepRow{Key: key, Seq: seq, Kind: "sleep", Status: stepSleeping, WakeAt: &wake})
-	rs.exit(suspendOutcome(wake))
-	return nil // not reached
+// WaitOpts configures [WaitForEvent].
+type WaitOpts struct {
+	Event   string        // event name
+	If      string        // CEL over `event` (this run's trigger) and `async` (the candidate)
+	Timeout time.Duration // required
 }
 
-// enterStep checks that a step is called where steps may be, and returns
-// the run and the step's key.
-func enterStep(ctx context.Context, id string, nilFn bool) (*runState, string, error) {
-	if ctx == nil {
-		return nil, "", fmt.Errorf("durable: step %q: nil context", id)
-	}
-	rs, _ := ctx.Value(runKey{}).(*runState)
-	if rs == nil {
-		return nil, "", fmt.Errorf("durable: step %q called outside a durable function (pass the context the function received)", id)
-	}
-	if outer, ok := ctx.Value(inStepKey{}).(string); ok {
-		return nil, "", NonRetriable(fmt.Errorf("durable: step %q called inside step %q: steps cannot be nested", id, outer))
-	}
-	if id == "" {
-		return nil, "", NonRetriable(errors.New("durable: a step ID is required"))
-	}
-	if len(id) > maxStepID || !utf8.ValidString(id) || strings.ContainsRune(id, 0) {
-		return nil, "", NonRetriable(fmt.Errorf("durable: step %q: an ID must be valid UTF-8 without NUL, at most %d bytes", id, maxStepID))
-	}
-	if nilFn {
-		return nil, "", NonRetriable(fmt.Errorf("durable: step %q: fn is nil", id))
-	}
-	rs.mu.Lock()
-	if rs.end != nil {
-		rs.mu.Unlock()
-		runtime.Goexit()
-	}
-	n := rs.counters[id]
-	rs.counters[id] = n + 1
-	rs.mu.Unlock()
-	if n == 0 {
-		return rs, id, nil
-	}
-	return rs, fmt.Sprintf("%s:%d", id, n), nil
+// InvokeOpts configures [Invoke].
+type InvokeOpts struct {
+	Function string // function ID
+	Data     any    // becomes the invoked run's event data
+	Timeout  time.Duration
 }
 
-// step runs (or replays) one Step or StepTx.
-func (rs *runState) step(ctx context.Context, key, kind string,
-	plain func(context.Context) (json.RawMessage, error),
-	inTx func(context.Context, pgx.Tx) (json.RawMessage, error),
-) (json.RawMessage, error) {
-	rs.mu.Lock()
-	row := rs.lookup(key)
-	rs.mu.Unlock()
-	attempts, seq := 0, -1
-	if row != nil {
-		switch row.Status {
-		case stepCompleted:
-			return row.Output, nil
-		case stepFailed:
-			return nil, &StepError{StepID: key, Attempts: row.Attempts, Message: failure.Message(deref(row.Error))}
-		case stepRetrying:
-			if row.WakeAt != nil && time.Until(*row.WakeAt) > 0 {
-				rs.exit(suspendOutcome(*row.WakeAt))
-			}
-			attempts, seq = row.Attempts, row.Seq
-		}
-	}
-	if err := rs.boundary(ctx, key, true); err != nil {
-		return nil, err
-	}
-	// Input.Attempt is a value the call received: once a step executed in
-	// this call, a step at another attempt restarts the call (its steps
-	// replay) so that Input.Attempt is this step's inside it.
-	rs.mu.Lock()
-	restart := rs.executed > 0 && attempts != rs.callAttempt
-	if !restart {
-		rs.executed++
-	}
-	rs.mu.Unlock()
-	if restart {
-		rs.exit(suspendOutcome(time.Now()))
-	}
-	if seq < 0 {
-		seq = rs.newSeq()
-	}
-	sctx := context.WithValue(ctx, inStepKey{}, key)
-	var out json.RawMessage
-	var err error
-	if inTx != nil {
-		out, err = rs.runTx(sctx, key, kind, seq, inTx)
-	} else {
-		out, err = protect(func() (json.RawMessage, error) { return plain(sctx) })
-		if err == nil {
-			err = rs.checkOutput(key, out)
-		}
-		if err == nil {
-			rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: attempts + 1, Output: out})
-			rs.mu.Lock()
-			rs.stateBytes += len(out)
-			rs.mu.Unlock()
-			return out, nil
-		}
-	}
-	if err == nil {
-		return out, nil
-	}
-	return nil, rs.stepFailed(ctx, key, seq, kind, attempts+1, err)
-}
-
-// runTx runs a StepTx attempt: the user's writes, the pending steps, this
-// step's row and the fence commit together. An error of fn is the step's;
-// a failure of the step's own commit is the step's when Postgres refuses
-// the data, and ends the attempt when it is transient.
-func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn func(context.Context, pgx.Tx) (json.RawMessage, error)) (json.RawMessage, error) {
-	tx, err := rs.c.pool.Begin(ctx)
-	if err != nil {
-		rs.stop(ctx, fmt.Errorf("durable: step %q: begin: %w", key, err))
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	self := &router.SelfCancel{RunID: rs.runID}
-	out, err := protect(func() (json.RawMessage, error) { return fn(router.WithSelfCancel(ctx, self), tx) })
-	if err != nil {
-		return nil, err
-	}
-	if err := rs.checkOutput(key, out); err != nil {
-		return nil, err
-	}
-	row := &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: 1, Output: out}
-	rs.mu.Lock()
-	if prev := rs.memo[key]; prev != nil {
-		row.Attempts = prev.Attempts + 1
-	}
-	rs.pending = append(rs.pending, row)
-	rs.mu.Unlock()
-	res, err := rs.commitIn(ctx, tx, commitParams{status: string(RunRunning)})
-	if err != nil {
-		rs.dropPending(row)
-		if errors.Is(err, errRunCancelled) && self.Hit {
-			// The step's own events cancelled its run (its CancelOn): they
-			// commit, with the cancellation, and the attempt ends.
-			if cerr := tx.Commit(ctx); cerr != nil {
-				rs.stop(ctx, fmt.Errorf("durable: step %q: commit: %w", key, cerr))
-			}
-			rs.exit(cancelled(errRunCancelled))
-		}
-		if rs.permanent(err) {
-			return nil, err
-		}
-		rs.stop(ctx, err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		rs.dropPending(row)
-		if rs.permanent(err) {
-			return nil, fmt.Errorf("durable: step %q: commit: %w", key, err)
-		}
-		rs.stop(ctx, fmt.Errorf("durable: step %q: commit: %w", key, err))
-	}
-	rs.applyCommit(res)
-	rs.mu.Lock()
-	rs.stateBytes += len(out)
-	rs.mu.Unlock()
-	return out, nil
-}
-
-// stepFailed records a failed attempt: it suspends the run for the retry,
-// or, once retries are exhausted (or for a non-retriable error), records
-// the step as failed and returns the *StepError.
-func (rs *runState) stepFailed(ctx context.Context, key string, seq int, kind string, attempts int, err error) error {
-	if ctx.Err() != nil {
-		// The attempt's context ended (cancellation, shutdown): this is
-		// not the step's failure.
-		rs.stop(ctx, ctx.Err())
-	}
-	if rs.ended() {
-		runtime.Goexit()
-	}
-	row, at := rs.failedAttempt(key, seq, kind, attempts, err)
-	rs.addPending(row)
-	if row.Status == stepFailed {
-		return &StepError{StepID: key, Attempts: attempts, Message: failure.Message(*row.Error)}
-	}
-	rs.exit(suspendOutcome(at))
-	return nil // not reached
-}
-
-// boundary runs before a new step executes: it enforces the step limit,
-// stops at once if the run is being stopped, and commits finished steps.
+// WaitForEvent returns the first matching event received after the wait
+// began, or an error wrapping ErrEventTimeout.
 //
-// A step that suspends the run at once (a sleep, a wait, an invoke) passes
-// flush false: its suspending commit records the finished steps too.
-func (rs *runState) boundary(ctx context.Context, key string, flush bool) error {
-	rs.mu.Lock()
-	count := len(rs.memo) + len(rs.pending)
-	_, known := rs.memo[key]
-	rs.mu.Unlock()
-	if !known && count >= rs.c.cfg.MaxSteps {
-		return NonRetriable(fmt.Errorf("durable: step %q: the run has reached the limit of %d steps (Config.MaxSteps)", key, rs.c.cfg.MaxSteps))
+// The run is suspended while it waits (no goroutine, connection or worker
+// slot is held). An event committed after the wait began is delivered even
+// if it arrives while this process is still suspending the run.
+func WaitForEvent[T any](ctx context.Context, id string, opts WaitOpts) (TypedEvent[T], error) {
+	key, ev, err := executor.WaitForEvent(ctx, id, opts.Event, opts.If, opts.Timeout)
+	if err != nil {
+		return TypedEvent[T]{}, stepError(err)
 	}
-	if ctx.Err() != nil {
-		rs.stop(ctx, ctx.Err())
+	te, err := decodeEvent[T](ev)
+	if err != nil {
+		return te, NonRetriable(fmt.Errorf("durable: WaitForEvent %q: decoding event data into %T: %w", key, te.Data, err))
 	}
-	if rs.c.stopping.Load() {
-		rs.stop(ctx, errShutdown)
-	}
-	rs.mu.Lock()
-	hasPending := len(rs.pending) > 0
-	rs.mu.Unlock()
-	if hasPending && flush {
-		if err := rs.commit(ctx, rs.c.pool, commitParams{status: string(RunRunning)}); err != nil {
-			if rs.permanent(err) {
-				// Postgres refused a finished step's output: that step
-				// fails like any step error, and the run resumes at its
-				// retry (or at once, to return its *StepError).
-				if at, ok := rs.failRefused(ctx, err, rs.refusedSteps(ctx, err, nil)); ok {
-					rs.exit(suspendOutcome(at))
-				}
-			}
-			rs.stop(ctx, err)
-		}
-	}
-	return nil
+	return te, nil
 }
 
-// lookup returns the memoized row of key; rs.mu must be held.
-func (rs *runState) lookup(key string) *stepRow {
-	for _, p := range rs.pending {
-		if p.Key == key {
-			return p
-		}
-	}
-	return rs.memo[key]
+// Invoke runs another function as a step and returns its result. The
+// invoked run is a child of this one (each shows the other in the runs
+// API); this run is suspended until it ends. A failed or cancelled child
+// makes Invoke return a *StepError; a timeout, an error wrapping
+// ErrEventTimeout; an unknown function, an error wrapping
+// ErrFunctionNotFound.
+func Invoke[T any](ctx context.Context, id string, opts InvokeOpts) (T, error) {
+	key, raw, err := executor.Invoke(ctx, id, opts.Function, opts.Data, opts.Timeout)
+	return result[T](key, raw, err)
 }
 
-func (rs *runState) newSeq() int {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	s := rs.nextSeq
-	rs.nextSeq++
-	return s
+// SendEvent sends events exactly once per run, as a step: the events are
+// inserted (and their runs created) in the step's own transaction, so
+// replays and crashes never send twice. It returns the events' IDs.
+func SendEvent(ctx context.Context, id string, events ...Event) ([]string, error) {
+	key, raw, err := executor.SendEvent(ctx, id, func(maxEventSize int) ([]store.Event, error) {
+		return prepareEvents(events, maxEventSize)
+	})
+	return result[[]string](key, raw, err)
 }
 
-func (rs *runState) addPending(row *stepRow) {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	for i, p := range rs.pending {
-		if p.Key == row.Key {
-			rs.pending[i] = row
-			return
-		}
-	}
-	rs.pending = append(rs.pending, row)
+// Logger returns a logger that writes nothing while the run replays code
+// that already ran, so each line is logged once per run. Outside a
+// function it returns the default logger.
+//
+// Lines logged outside steps are counted: a replay (after a sleep, a wait,
+// an invoke, a retry) skips as many lines as earlier attempts logged, so
+// deterministic code logs each line once. A logger obtained inside a step
+// body (from the step's context) always logs: the body really runs again
+// when the step is retried. A line logged after the last commit of an
+// attempt that crashed may be logged again.
+func Logger(ctx context.Context) *slog.Logger {
+	return executor.Logger(ctx)
 }
 
-func (rs *runState) dropPending(row *stepRow) {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	for i, p := range rs.pending {
-		if p == row {
-			rs.pending = append(rs.pending[:i], rs.pending[i+1:]...)
-			return
-		}
+// result decodes a step's output into T, or returns its error.
+func result[T any](key string, raw json.RawMessage, err error) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, stepError(err)
 	}
+	return unmarshalStep[T](key, raw)
 }
 
-// checkOutput enforces the output limits.
-func (rs *runState) checkOutput(key string, out json.RawMessage) error {
-	if len(out) > rs.c.cfg.MaxStepOutput {
-		return NonRetriable(fmt.Errorf("durable: step %q: output is %d bytes, over the %d-byte limit (Config.MaxStepOutput)", key, len(out), rs.c.cfg.MaxStepOutput))
+// stepError turns the executor's record of a step's final failure into
+// the public *StepError.
+func stepError(err error) error {
+	var sf *failure.StepFailed
+	if errors.As(err, &sf) {
+		return &StepError{StepID: sf.StepID, Attempts: sf.Attempts, Message: sf.Message}
 	}
-	rs.mu.Lock()
-	total := rs.stateBytes + len(out)
-	rs.mu.Unlock()
-	if total > rs.c.cfg.MaxRunState {
-		return NonRetriable(fmt.Errorf("durable: step %q: the run's state would be %d bytes, over the %d-byte limit (Config.MaxRunState)", key, total, rs.c.cfg.MaxRunState))
-	}
-	return nil
-}
-
-// maxStepID bounds a step ID's length.
-const maxStepID = 256
-
-// protect calls fn, turning a panic into an error carrying the stack.
-func protect(fn func() (json.RawMessage, error)) (out json.RawMessage, err error) {
-	returned := false
-	defer func() {
-		if !returned {
-			if p := recover(); p != nil {
-				out, err = nil, failure.NewPanic(p)
-			}
-		}
-	}()
-	out, err = fn()
-	returned = true
-	return out, err
+	return err
 }
 
 func marshalStep(key string, v any) (json.RawMessage, error) {
@@ -416,11 +177,4 @@ func unmarshalStep[T any](key string, raw json.RawMessage) (T, error) {
 		return out, NonRetriable(fmt.Errorf("durable: step %q: decoding output into %T: %w", key, out, err))
 	}
 	return out, nil
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }

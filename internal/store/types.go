@@ -51,3 +51,20 @@ func DecodeFunctionConfig(b []byte) FunctionConfig {
 	}
 	return cfg
 }
+
+// System event names: the events the library emits itself.
+const (
+	EventFunctionFinished  = "durable/function.finished"
+	EventFunctionFailed    = "durable/function.failed"
+	EventFunctionCancelled = "durable/function.cancelled"
+	EventFunctionInvoked   = "durable/function.invoked"
+	EventScheduledTimer    = "durable/scheduled.timer"
+)
+
+// Deref returns *s, or "" for nil.
+func Deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -1,4 +1,4 @@
-package durable
+package executor
 
 import (
 	"context"
@@ -113,13 +113,13 @@ func classify(err error) errClass {
 // stopOutcome is the outcome for an error that ends an attempt from
 // outside the function's control: a failed fence, a stopping process, the
 // job's context ending, or a transient database failure.
-func (c *Client) stopOutcome(ctx context.Context, err error) outcome {
+func (e *Executor) stopOutcome(ctx context.Context, err error) outcome {
 	switch {
 	case errors.Is(err, errRunCancelled):
 		return cancelled(errRunCancelled)
 	case errors.Is(err, errLeaseLost):
 		return outcome{kind: outLeaseLost}
-	case errors.Is(err, errShutdown), c.stopping.Load() && ctx.Err() != nil:
+	case errors.Is(err, errShutdown), e.stopping.Load() && ctx.Err() != nil:
 		return outcome{kind: outShutdown}
 	case ctx.Err() != nil:
 		// The job's context ended: River cancelled the job (Cancel from
@@ -129,15 +129,15 @@ func (c *Client) stopOutcome(ctx context.Context, err error) outcome {
 	return transient(err)
 }
 
-// retryPolicy is the River retry policy of the internal client. River's
+// RetryPolicy is the River retry policy of the internal client. River's
 // own retries only follow transient database failures (a step's retries
 // are the library's), so they back off from one second, doubling up to a
 // minute, counting the failures of the last ten minutes: a run that hit
 // one outage long ago starts again from one second.
-type retryPolicy struct{}
+type RetryPolicy struct{}
 
 // NextRetry implements river.ClientRetryPolicy.
-func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
+func (RetryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
 	now := time.Now()
 	recent := 0
 	for _, e := range job.Errors {

@@ -1,4 +1,4 @@
-package durable
+package executor
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgdurable/durable/internal/failure"
 	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/riverjobs"
 )
@@ -26,6 +27,8 @@ const (
 	stepFailed    = store.StepFailed
 	stepRetrying  = store.StepRetrying
 	stepSleeping  = store.StepSleeping
+	stepWaiting   = store.StepWaiting
+	stepTimedOut  = store.StepTimedOut
 )
 
 // Reasons an attempt stops before the function returns.
@@ -42,7 +45,7 @@ type stepRow = store.Step
 type loadedRun struct {
 	functionID  string
 	status      string
-	events      []eventJSON
+	events      []store.Event
 	ownerWorker *string
 	epoch       int64
 	fnAttempts  int
@@ -58,8 +61,8 @@ type loadedRun struct {
 // runState is the state of one attempt of one run, reached from the
 // function's context by the step functions.
 type runState struct {
-	c          *Client
-	def        *funcDef
+	e          *Executor
+	def        *Function
 	runID      string
 	jobID      int64
 	owner      store.Owner // this attempt's, written by its claim
@@ -87,7 +90,7 @@ type runState struct {
 	executed   int
 	end        *outcome      // how the attempt ends, once decided (see exit)
 	hooks      []suspendHook // work the suspending transaction must do
-	trigger    eventJSON
+	trigger    store.Event
 }
 
 // suspendHook is work a step needs done inside the transaction that
@@ -112,31 +115,31 @@ type inStepKey struct{}
 
 // ExecuteRun executes one attempt of a run. It implements
 // riverjobs.Executor; River calls it through riverjobs.RunWorker.
-func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArgs]) error {
-	attempter := c.workerID
+func (e *Executor) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArgs]) error {
+	attempter := e.cfg.WorkerID
 	if n := len(job.AttemptedBy); n > 0 {
 		attempter = job.AttemptedBy[n-1]
 	}
-	if err := c.noteAttempter(ctx, attempter); err != nil {
-		return c.stopOutcome(ctx, err).river(c.cfg.RecoverAfter)
+	if err := e.cfg.NoteAttempter(ctx, attempter); err != nil {
+		return e.stopOutcome(ctx, err).river(e.cfg.RecoverAfter)
 	}
 	runID := job.Args.RunID
-	if _, busy := c.active.LoadOrStore(runID, struct{}{}); busy {
-		return requeueAt(time.Now().Add(time.Second)).river(c.cfg.RecoverAfter)
+	if _, busy := e.active.LoadOrStore(runID, struct{}{}); busy {
+		return requeueAt(time.Now().Add(time.Second)).river(e.cfg.RecoverAfter)
 	}
-	c.activeN.Add(1)
+	e.activeN.Add(1)
 	defer func() {
-		c.active.Delete(runID)
-		c.activeN.Add(-1)
+		e.active.Delete(runID)
+		e.activeN.Add(-1)
 	}()
 	for {
-		o := c.attempt(ctx, job, attempter)
+		o := e.attempt(ctx, job, attempter)
 		if o.kind != outResume {
 			if o.kind == outTransient {
-				c.logger.WarnContext(ctx, "durable: run attempt failed on a database error; River retries it with backoff",
+				e.logger.WarnContext(ctx, "durable: run attempt failed on a database error; River retries it with backoff",
 					"run_id", runID, "error", o.err)
 			}
-			return o.river(c.cfg.RecoverAfter)
+			return o.river(e.cfg.RecoverAfter)
 		}
 		// A short suspension (a retry backoff, a brief sleep) is waited
 		// out here, holding the slot: cheaper and more punctual than a
@@ -145,14 +148,14 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return requeueAt(o.at).river(c.cfg.RecoverAfter)
-		case <-c.abandon:
+			return requeueAt(o.at).river(e.cfg.RecoverAfter)
+		case <-e.abandon:
 			timer.Stop()
-			return requeueAt(o.at).river(c.cfg.RecoverAfter)
+			return requeueAt(o.at).river(e.cfg.RecoverAfter)
 		case <-timer.C:
 		}
-		if c.stopping.Load() {
-			return outcome{kind: outShutdown}.river(c.cfg.RecoverAfter)
+		if e.stopping.Load() {
+			return outcome{kind: outShutdown}.river(e.cfg.RecoverAfter)
 		}
 	}
 }
@@ -165,36 +168,36 @@ func (c *Client) ExecuteRun(ctx context.Context, job *river.Job[riverjobs.RunArg
 const shortSuspend = 500 * time.Millisecond
 
 // attempt loads the run, claims it and executes the function once.
-func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs], attempter string) outcome {
+func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs], attempter string) outcome {
 	runID := job.Args.RunID
-	lr, err := c.loadRun(ctx, runID)
+	lr, err := e.loadRun(ctx, runID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		c.logger.WarnContext(ctx, "durable: job for an unknown run; dropping it", "run_id", runID, "job_id", job.ID)
+		e.logger.WarnContext(ctx, "durable: job for an unknown run; dropping it", "run_id", runID, "job_id", job.ID)
 		return done()
 	}
 	if err != nil {
-		return c.stopOutcome(ctx, err)
+		return e.stopOutcome(ctx, err)
 	}
 	switch lr.status {
-	case string(RunCompleted), string(RunFailed), string(RunCancelled):
+	case store.RunCompleted, store.RunFailed, store.RunCancelled:
 		return done()
 	}
-	if (lr.startLate != nil && *lr.startLate && lr.status == string(RunQueued)) || (lr.finishLate != nil && *lr.finishLate) {
+	if (lr.startLate != nil && *lr.startLate && lr.status == store.RunQueued) || (lr.finishLate != nil && *lr.finishLate) {
 		reason := "timed out: not started within Timeouts.Start"
 		if lr.finishLate != nil && *lr.finishLate {
 			reason = "timed out: not finished within Timeouts.Finish"
 		}
-		if err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-			_, err := c.router.CancelRun(ctx, tx, runID, reason)
+		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+			_, err := e.router.CancelRun(ctx, tx, runID, reason)
 			return err
 		}); err != nil {
-			return c.stopOutcome(ctx, err)
+			return e.stopOutcome(ctx, err)
 		}
 		return cancelled(errors.New(reason))
 	}
-	def := c.funcs[lr.functionID]
+	def := e.cfg.Function(lr.functionID)
 	if def == nil {
-		c.logger.WarnContext(ctx, "durable: this process does not have the run's function; leaving it to another",
+		e.logger.WarnContext(ctx, "durable: this process does not have the run's function; leaving it to another",
 			"run_id", runID, "function_id", lr.functionID)
 		return requeueAt(time.Now().Add(time.Second))
 	}
@@ -202,7 +205,7 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 		if *lr.ownerWorker != attempter {
 			// A live process still holds this run (River handed the job
 			// out again); never run it twice. Look again later.
-			return requeueAt(time.Now().Add(c.cfg.RecoverAfter / 2))
+			return requeueAt(time.Now().Add(e.cfg.RecoverAfter / 2))
 		}
 	}
 	if lr.wakeAt != nil {
@@ -210,16 +213,16 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 			if d <= shortSuspend {
 				return outcome{kind: outResume, at: *lr.wakeAt}
 			}
-			c.kickWaker(*lr.wakeAt)
+			e.cfg.KickWaker(*lr.wakeAt)
 			return requeueAt(*lr.wakeAt)
 		}
 	}
-	if c.stopping.Load() {
+	if e.stopping.Load() {
 		return outcome{kind: outShutdown}
 	}
 
 	rs := &runState{
-		c:          c,
+		e:          e,
 		def:        def,
 		runID:      runID,
 		jobID:      job.ID,
@@ -251,19 +254,19 @@ func (c *Client) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs],
 	// Claim the run before the function runs: from here on it shows as
 	// running, and every write of this attempt is fenced on its owner token.
 	if err := rs.claim(ctx); err != nil {
-		return c.stopOutcome(ctx, err)
+		return e.stopOutcome(ctx, err)
 	}
 	return rs.finish(ctx, rs.call(ctx, lr.events))
 }
 
 // claim makes this attempt the run's owner and the run running.
 func (rs *runState) claim(ctx context.Context) error {
-	tag, err := rs.c.pool.Exec(ctx, rs.c.q.ClaimRun, rs.runID, rs.owner.Worker, rs.epoch, rs.owner.Token)
+	tag, err := rs.e.pool.Exec(ctx, rs.e.q.ClaimRun, rs.runID, rs.owner.Worker, rs.epoch, rs.owner.Token)
 	if err != nil {
 		return fmt.Errorf("durable: claiming run %s: %w", rs.runID, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return rs.fenceFailed(ctx, rs.c.pool)
+		return rs.fenceFailed(ctx, rs.e.pool)
 	}
 	rs.epoch++
 	rs.claimed = true
@@ -282,7 +285,7 @@ type callResult struct {
 // client abandons attempts (Stop's deadline passed), call returns at once
 // and leaves the goroutine to finish on its own: every durable call it
 // makes from then on exits, and the hand-back's fence refuses its writes.
-func (rs *runState) call(ctx context.Context, events []eventJSON) callResult {
+func (rs *runState) call(ctx context.Context, events []store.Event) callResult {
 	fctx := context.WithValue(ctx, runKey{}, rs)
 	done := make(chan callResult, 1)
 	go func() {
@@ -292,8 +295,8 @@ func (rs *runState) call(ctx context.Context, events []eventJSON) callResult {
 			if !returned {
 				if p := recover(); p != nil {
 					pe := failure.NewPanic(p)
-					rs.c.logger.WarnContext(ctx, "durable: function panicked", "run_id", rs.runID,
-						"function_id", rs.def.opts.ID, "panic", pe.Msg, "stack", pe.Stack)
+					rs.e.logger.WarnContext(ctx, "durable: function panicked", "run_id", rs.runID,
+						"function_id", rs.def.ID, "panic", pe.Msg, "stack", pe.Stack)
 					res.err = pe
 				} else {
 					res.exited = true
@@ -301,13 +304,13 @@ func (rs *runState) call(ctx context.Context, events []eventJSON) callResult {
 			}
 			done <- res
 		}()
-		res.out, res.err = rs.def.call(fctx, events, rs.runID, rs.callAttempt)
+		res.out, res.err = rs.def.Call(fctx, events, rs.runID, rs.callAttempt)
 		returned = true
 	}()
 	select {
 	case res := <-done:
 		return res
-	case <-rs.c.abandon:
+	case <-rs.e.abandon:
 		rs.mu.Lock()
 		rs.setEnd(outcome{kind: outShutdown})
 		rs.mu.Unlock()
@@ -342,7 +345,7 @@ func (rs *runState) setEnd(o outcome) {
 // stop ends the attempt for err (a failed fence, a stopping process, a
 // database failure) and exits the calling goroutine.
 func (rs *runState) stop(ctx context.Context, err error) {
-	rs.exit(rs.c.stopOutcome(ctx, err))
+	rs.exit(rs.e.stopOutcome(ctx, err))
 }
 
 // ended reports whether the attempt's end is decided.
@@ -354,13 +357,13 @@ func (rs *runState) ended() bool {
 
 // finish records how the attempt ended and returns its outcome.
 func (rs *runState) finish(ctx context.Context, res callResult) outcome {
-	c := rs.c
+	e := rs.e
 	rs.mu.Lock()
 	end := rs.end
 	rs.mu.Unlock()
 
 	if (end == nil || !end.stops()) && ctx.Err() != nil {
-		o := c.stopOutcome(ctx, ctx.Err())
+		o := e.stopOutcome(ctx, ctx.Err())
 		end = &o
 	}
 	if end != nil {
@@ -378,33 +381,34 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 	// step) is what counts, and a job left running by a crash right after
 	// is recovered, finds the run ended and completes.
 	if res.err == nil {
-		if len(res.out) > c.cfg.MaxStepOutput {
-			res.err = NonRetriable(fmt.Errorf("durable: function result is %d bytes, over the %d-byte limit (Config.MaxStepOutput)", len(res.out), c.cfg.MaxStepOutput))
+		if len(res.out) > e.cfg.MaxStepOutput {
+			res.err = failure.NonRetriable(fmt.Errorf("durable: function result is %d bytes, over the %d-byte limit (Config.MaxStepOutput)", len(res.out), e.cfg.MaxStepOutput))
 		} else {
-			err := rs.commit(ctx, c.pool, commitParams{status: string(RunCompleted), release: true, output: res.out})
+			err := rs.commit(ctx, e.pool, commitParams{status: store.RunCompleted, release: true, output: res.out})
 			if err == nil {
 				return done()
 			}
 			if !rs.permanent(err) {
-				return rs.stopAttempt(ctx, c.stopOutcome(ctx, err))
+				return rs.stopAttempt(ctx, e.stopOutcome(ctx, err))
 			}
 			// Postgres refused what this commit carried: a step's output
 			// (that step fails, see refusedSteps), or else the result.
 			if at, ok := rs.failRefused(ctx, err, rs.refusedSteps(ctx, err, res.out)); ok {
 				return rs.suspend(ctx, at, nil)
 			}
-			res.err = NonRetriable(fmt.Errorf("durable: the function's result could not be stored: %w", err))
+			res.err = failure.NonRetriable(fmt.Errorf("durable: the function's result could not be stored: %w", err))
 		}
 	}
 	msg := failure.RunText(res.err)
-	var se *StepError
-	fail := errors.As(res.err, &se) || isNonRetriable(res.err)
+	var fr *failure.FailsRun
+	var sf *failure.StepFailed
+	fail := errors.As(res.err, &fr) || errors.As(res.err, &sf) || failure.IsNonRetriable(res.err)
 	if !fail {
 		rs.fnAttempts++
-		fail = rs.fnAttempts > rs.def.retries()
+		fail = rs.fnAttempts > rs.def.Retries
 	}
 	if fail {
-		err := rs.commit(ctx, c.pool, commitParams{status: string(RunFailed), release: true, errText: &msg})
+		err := rs.commit(ctx, e.pool, commitParams{status: store.RunFailed, release: true, errText: &msg})
 		if err == nil {
 			return done()
 		}
@@ -413,11 +417,11 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 				return rs.suspend(ctx, at, nil)
 			}
 		}
-		return rs.stopAttempt(ctx, c.stopOutcome(ctx, err))
+		return rs.stopAttempt(ctx, e.stopOutcome(ctx, err))
 	}
-	at, ok := retryTime(res.err)
+	at, ok := failure.RetryTime(res.err)
 	if !ok {
-		at = time.Now().Add(c.cfg.RetryBackoff(rs.fnAttempts))
+		at = time.Now().Add(e.cfg.RetryBackoff(rs.fnAttempts))
 	}
 	return rs.suspend(ctx, at, &msg)
 }
@@ -449,7 +453,7 @@ func (rs *runState) refusedSteps(ctx context.Context, err error, result json.Raw
 			return false
 		}
 		var ok int
-		e := rs.c.pool.QueryRow(check, rs.c.q.CheckJSON, []byte(raw)).Scan(&ok)
+		e := rs.e.pool.QueryRow(check, rs.e.q.CheckJSON, []byte(raw)).Scan(&ok)
 		return e != nil && classify(e) == classPermanent
 	}
 	var out []*stepRow
@@ -479,7 +483,7 @@ func (rs *runState) failRefused(ctx context.Context, err error, rows []*stepRow)
 		rs.stateBytes -= len(r.Output)
 		rs.mu.Unlock()
 		rs.addPending(row)
-		rs.c.logger.WarnContext(ctx, "durable: a step's output was refused by Postgres", "run_id", rs.runID,
+		rs.e.logger.WarnContext(ctx, "durable: a step's output was refused by Postgres", "run_id", rs.runID,
 			"step", r.Key, "error", err)
 		if resume.IsZero() || at.Before(resume) {
 			resume = at
@@ -493,12 +497,12 @@ func (rs *runState) failRefused(ctx context.Context, err error, rows []*stepRow)
 // error). It returns when the run resumes: the retry, or now.
 func (rs *runState) failedAttempt(key string, seq int, kind string, attempts int, err error) (*stepRow, time.Time) {
 	msg := failure.StepText(err)
-	if isNonRetriable(err) || attempts > rs.def.retries() {
+	if failure.IsNonRetriable(err) || attempts > rs.def.Retries {
 		return &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepFailed, Attempts: attempts, Error: &msg}, time.Now()
 	}
-	at, ok := retryTime(err)
+	at, ok := failure.RetryTime(err)
 	if !ok {
-		at = time.Now().Add(rs.c.cfg.RetryBackoff(attempts))
+		at = time.Now().Add(rs.e.cfg.RetryBackoff(attempts))
 	}
 	at = at.UTC()
 	return &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepRetrying, Attempts: attempts, Error: &msg, WakeAt: &at}, at
@@ -519,13 +523,13 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	if lastErr == nil {
 		lastErr = rs.lastErr
 	}
-	p := commitParams{status: string(RunRunning), release: true, errText: lastErr, wakeAt: &at}
+	p := commitParams{status: store.RunRunning, release: true, errText: lastErr, wakeAt: &at}
 	rs.mu.Lock()
 	hooks := rs.hooks
 	rs.hooks = nil
 	rs.mu.Unlock()
-	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.c.stopping.Load() && !rs.hasWaiting() {
-		if err := rs.commit(ctx, rs.c.pool, p); err != nil {
+	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.e.stopping.Load() && !rs.hasWaiting() {
+		if err := rs.commit(ctx, rs.e.pool, p); err != nil {
 			return rs.afterFailedSuspend(ctx, err)
 		}
 		return outcome{kind: outResume, at: at}
@@ -543,7 +547,7 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	}
 	rs.mu.Unlock()
 	err := func() error {
-		tx, err := rs.c.pool.Begin(ctx)
+		tx, err := rs.e.pool.Begin(ctx)
 		if err != nil {
 			return err
 		}
@@ -556,11 +560,11 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 			resumeNow = resumeNow || now
 		}
 		if len(waiting) > 0 && !resumeNow {
-			if _, err := tx.Exec(ctx, rs.c.q.LockRun, rs.runID); err != nil {
+			if _, err := tx.Exec(ctx, rs.e.q.LockRun, rs.runID); err != nil {
 				return err
 			}
 			var delivered int
-			if err := tx.QueryRow(ctx, rs.c.q.DeliveredSince, rs.runID, waiting).Scan(&delivered); err != nil {
+			if err := tx.QueryRow(ctx, rs.e.q.DeliveredSince, rs.runID, waiting).Scan(&delivered); err != nil {
 				return err
 			}
 			resumeNow = delivered > 0
@@ -570,8 +574,8 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 			// in this attempt.
 			p.wakeAt = nil
 		} else {
-			next, err := rs.c.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
-				Queue: rs.c.cfg.Queue, MaxAttempts: runJobMaxAttempts, ScheduledAt: at,
+			next, err := rs.e.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
+				Queue: rs.e.cfg.Queue, MaxAttempts: router.RunJobMaxAttempts, ScheduledAt: at,
 			})
 			if err != nil {
 				return fmt.Errorf("durable: run %s: inserting continuation job: %w", rs.runID, err)
@@ -594,7 +598,7 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	if resumeNow {
 		return outcome{kind: outResume, at: time.Now()}
 	}
-	rs.c.kickWaker(at)
+	rs.e.cfg.KickWaker(at)
 	return done()
 }
 
@@ -634,7 +638,7 @@ func (rs *runState) afterFailedSuspend(ctx context.Context, err error) outcome {
 			return rs.suspend(ctx, at, nil)
 		}
 	}
-	return rs.stopAttempt(ctx, rs.c.stopOutcome(ctx, err))
+	return rs.stopAttempt(ctx, rs.e.stopOutcome(ctx, err))
 }
 
 // hasWaiting reports whether the attempt found steps waiting.
@@ -663,7 +667,7 @@ func (rs *runState) stopAttempt(ctx context.Context, o outcome) outcome {
 	if o.kind == outShutdown {
 		// The context ended or the process is stopping: was the run cancelled?
 		var status string
-		if err := rs.c.pool.QueryRow(bg, rs.c.q.RunStatus, rs.runID).Scan(&status); err == nil && status == string(RunCancelled) {
+		if err := rs.e.pool.QueryRow(bg, rs.e.q.RunStatus, rs.runID).Scan(&status); err == nil && status == store.RunCancelled {
 			return cancelled(errRunCancelled)
 		}
 	}
@@ -674,7 +678,7 @@ func (rs *runState) stopAttempt(ctx context.Context, o outcome) outcome {
 		return o
 	}
 	now := time.Now()
-	err := rs.commit(bg, rs.c.pool, commitParams{status: string(RunRunning), release: true, errText: rs.lastErr, wakeAt: &now})
+	err := rs.commit(bg, rs.e.pool, commitParams{status: store.RunRunning, release: true, errText: rs.lastErr, wakeAt: &now})
 	switch {
 	case err == nil:
 	case errors.Is(err, errRunCancelled):
@@ -683,7 +687,7 @@ func (rs *runState) stopAttempt(ctx context.Context, o outcome) outcome {
 		// Likely the same outage: whoever attempts the run next finds its
 		// owner dead after RecoverAfter, or is this process.
 	default:
-		rs.c.logger.WarnContext(bg, "durable: could not hand back a stopping run; it will be recovered", "run_id", rs.runID, "error", err)
+		rs.e.logger.WarnContext(bg, "durable: could not hand back a stopping run; it will be recovered", "run_id", rs.runID, "error", err)
 	}
 	return o
 }
@@ -734,9 +738,9 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 	if !p.release {
 		newOwner = &rs.owner
 	}
-	if p.status == string(RunRunning) && !p.release && !p.completeJob && p.wakeAt == nil && claimed {
+	if p.status == store.RunRunning && !p.release && !p.completeJob && p.wakeAt == nil && claimed {
 		// Mid-attempt: the run is ours already; record the steps only.
-		ok, err := rs.c.q.CommitStepsIn(ctx, db, rs.runID, rs.owner, pending)
+		ok, err := rs.e.q.CommitStepsIn(ctx, db, rs.runID, rs.owner, pending)
 		if err != nil {
 			return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
 		}
@@ -745,11 +749,11 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 		}
 		return &commitResult{pending: pending, newOwner: newOwner}, nil
 	}
-	res, err := rs.c.q.CommitIn(ctx, db, store.CommitArgs{
+	res, err := rs.e.q.CommitIn(ctx, db, store.CommitArgs{
 		RunID: rs.runID, Owner: newOwner, Epoch: epoch, Status: p.status, Output: p.output, Error: p.errText,
 		FnAttempts: rs.fnAttempts, WakeAt: p.wakeAt, Steps: pending,
 		JobID: rs.jobID, CompleteJob: p.completeJob, NewJobID: p.newJobID,
-		Channel: rs.c.notifyChannel, LogLines: max(rs.logBefore, rs.logN.Load()),
+		Channel: rs.e.router.Channel(), LogLines: max(rs.logBefore, rs.logN.Load()),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)
@@ -758,7 +762,7 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 		return nil, rs.fenceFailed(ctx, db)
 	}
 	if res.Events > 0 {
-		rs.c.kickRouter()
+		rs.e.cfg.KickRouter()
 	}
 	return &commitResult{pending: pending, newOwner: newOwner, full: true}, nil
 }
@@ -798,20 +802,20 @@ func (rs *runState) applyCommit(r *commitResult) {
 // cancellation the step's own events made.
 func (rs *runState) fenceFailed(ctx context.Context, db execer) error {
 	var status string
-	err := db.QueryRow(context.WithoutCancel(ctx), rs.c.q.RunStatus, rs.runID).Scan(&status)
+	err := db.QueryRow(context.WithoutCancel(ctx), rs.e.q.RunStatus, rs.runID).Scan(&status)
 	if err != nil {
 		return fmt.Errorf("durable: run %s: %w", rs.runID, err)
 	}
-	if status == string(RunCancelled) {
+	if status == store.RunCancelled {
 		return errRunCancelled
 	}
 	return errLeaseLost // another attempt wrote the run (or ended it)
 }
 
-func (c *Client) loadRun(ctx context.Context, runID string) (*loadedRun, error) {
+func (e *Executor) loadRun(ctx context.Context, runID string) (*loadedRun, error) {
 	lr := &loadedRun{}
 	var events, steps []byte
-	err := c.pool.QueryRow(ctx, c.q.LoadRun, runID, c.cfg.RecoverAfter.Seconds()).Scan(
+	err := e.pool.QueryRow(ctx, e.q.LoadRun, runID, e.cfg.RecoverAfter.Seconds()).Scan(
 		&lr.functionID, &lr.status, &events, &lr.ownerWorker, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,
 		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &lr.logLines, &steps)
 	if err != nil {
@@ -842,7 +846,7 @@ func Logger(ctx context.Context) *slog.Logger {
 		return slog.Default()
 	}
 	_, inStep := ctx.Value(inStepKey{}).(string)
-	return slog.New(replayFilter{rs: rs, h: rs.c.logger.Handler(), inStep: inStep}).With("run_id", rs.runID, "function_id", rs.def.opts.ID)
+	return slog.New(replayFilter{rs: rs, h: rs.e.logger.Handler(), inStep: inStep}).With("run_id", rs.runID, "function_id", rs.def.ID)
 }
 
 type replayFilter struct {
