@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/pgdurable/durable/internal/executor"
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/maintenance"
 	"github.com/pgdurable/durable/internal/pgident"
 	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
@@ -94,6 +96,7 @@ type Client struct {
 	q             *store.Queries
 	router        *router.Router
 	exec          *executor.Executor
+	maint         *maintenance.Services
 	river         *river.Client[pgx.Tx]
 	funcs         map[string]*funcDef
 	exprs         *expr.Cache
@@ -102,15 +105,9 @@ type Client struct {
 	notifyChannel string
 	notifyPayload string
 
-	mu        sync.Mutex
-	started   bool
-	stopped   bool
-	bgCancel  context.CancelFunc
-	bgDone    sync.WaitGroup
-	attMu     sync.Mutex
-	attempers map[string]bool // River client IDs whose heartbeat this process keeps (under attMu)
-	wakeCh    chan time.Time
-	routeCh   chan struct{}
+	mu      sync.Mutex
+	started bool
+	stopped bool
 }
 
 // NewClient builds a client. It checks every function and option and
@@ -173,9 +170,6 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 		workerID:      workerID(),
 		notifyChannel: schema + ".river_insert",
 		notifyPayload: fmt.Sprintf(`{"queue": %q}`, cfg.Queue),
-		attempers:     map[string]bool{},
-		wakeCh:        make(chan time.Time, 1),
-		routeCh:       make(chan struct{}, 1),
 	}
 	for i, f := range cfg.Functions {
 		if f == nil {
@@ -235,7 +229,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	}
 	c.router = router.New(router.Config{
 		Pool: pool, Queries: c.q, Exprs: c.exprs, Logger: cfg.Logger, River: c.river,
-		Queue: cfg.Queue, Schema: schema, KickRouter: c.kickRouter,
+		Queue: cfg.Queue, Schema: schema, KickRouter: func() { c.maint.KickRouter() },
 		Local: func(id string) (store.FunctionConfig, bool) {
 			if d, ok := c.funcs[id]; ok {
 				return d.config(), true
@@ -253,7 +247,20 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 			}
 			return nil
 		},
-		KickWaker: c.kickWaker, KickRouter: c.kickRouter, NoteAttempter: c.noteAttempter,
+		KickWaker: func(t time.Time) { c.maint.KickWaker(t) }, KickRouter: func() { c.maint.KickRouter() },
+		NoteAttempter: func(ctx context.Context, id string) error { return c.maint.NoteAttempter(ctx, id) },
+	})
+	var crons []maintenance.Cron
+	for _, d := range c.funcs {
+		for _, t := range d.opts.Triggers {
+			if t.Cron != "" {
+				crons = append(crons, maintenance.Cron{FunctionID: d.opts.ID, Spec: t.Cron, Config: d.config()})
+			}
+		}
+	}
+	c.maint = maintenance.New(maintenance.Config{
+		Pool: pool, Queries: c.q, Router: c.router, Logger: cfg.Logger,
+		WorkerID: c.workerID, Queue: cfg.Queue, RecoverAfter: cfg.RecoverAfter, Crons: crons,
 	})
 	return c, nil
 }
@@ -286,7 +293,7 @@ func DefaultRetryBackoff(n int) time.Duration {
 		d *= 2
 	}
 	d = min(d, 12*time.Hour)
-	return d + time.Duration(float64(d)*0.2*randFloat())
+	return d + time.Duration(float64(d)*0.2*rand.Float64())
 }
 
 // Start begins executing runs of the configured functions: it registers
@@ -305,10 +312,7 @@ func (c *Client) Start(ctx context.Context) error {
 	if err := c.register(ctx); err != nil {
 		return err
 	}
-	c.attMu.Lock()
-	c.attempers[c.workerID] = true
-	c.attMu.Unlock()
-	if err := c.heartbeat(ctx); err != nil {
+	if err := c.maint.Heartbeat(ctx); err != nil {
 		return fmt.Errorf("durable: heartbeat: %w", c.explain(err))
 	}
 	// River works its jobs under the context given to its Start: run it on
@@ -320,9 +324,9 @@ func (c *Client) Start(ctx context.Context) error {
 			return fmt.Errorf("durable: starting river: %w", c.explain(err))
 		}
 	}
-	bg, cancel := context.WithCancel(run)
-	c.bgCancel = cancel
-	c.startUpkeep(bg)
+	if err := c.maint.Start(run); err != nil {
+		return fmt.Errorf("durable: heartbeat: %w", c.explain(err))
+	}
 	c.started = true
 	return nil
 }
@@ -359,6 +363,7 @@ func (c *Client) Stop(ctx context.Context) error {
 	defer c.mu.Unlock()
 	if !c.started || c.stopped {
 		c.stopped = true
+		c.router.Stop() // a send-only client's pending notification
 		return nil
 	}
 	c.stopped = true
@@ -390,13 +395,12 @@ func (c *Client) Stop(ctx context.Context) error {
 			stopErr = fmt.Errorf("durable: Stop: attempts still running at the deadline were abandoned and their runs handed back: %w", context.Cause(grace))
 		}
 	}
-	c.bgCancel()
-	c.bgDone.Wait()
-	// Forget this process's heartbeats so that anything it left running
-	// is recovered at once rather than after RecoverAfter.
-	if _, err := c.pool.Exec(cleanup, c.q.DeleteWorker, c.heartbeatIDs()); err != nil && stopErr == nil {
-		stopErr = fmt.Errorf("durable: removing worker heartbeat: %w", err)
+	// Every loop stops, and this process's heartbeats go, so that anything
+	// it left running is recovered at once rather than after RecoverAfter.
+	if err := c.maint.Stop(cleanup); err != nil && stopErr == nil {
+		stopErr = err
 	}
+	c.router.Stop()
 	return stopErr
 }
 

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"time"
 
+	"github.com/pgdurable/durable/internal/maintenance"
 	"github.com/pgdurable/durable/internal/pgident"
 	"github.com/pgdurable/durable/internal/store"
 )
@@ -43,11 +44,11 @@ func SetTestHookCancelBatch(h func(n int)) {
 
 // ExpireRunsForTest runs one sweep of the timeouts loop.
 func ExpireRunsForTest(ctx context.Context, c *Client) error {
-	return c.expireRuns(ctx)
+	return c.maint.ExpireRuns(ctx)
 }
 
 // CronBackoffForTest is the delay before retrying a cron tick that failed
 // fails times in a row.
 func CronBackoffForTest(fails int) time.Duration {
-	return cronBackoff(fails)
+	return maintenance.CronBackoff(fails)
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/pgdurable/durable/internal/expr"
+	"github.com/pgdurable/durable/internal/maintenance"
 )
 
 // Trigger starts runs of a function: an event (optionally filtered) or a
@@ -47,7 +48,7 @@ func (c *Client) checkFunction(d *funcDef) error {
 		case t.Event == "" && t.Cron == "":
 			errs = append(errs, fmt.Errorf("durable: %s: %s: one of Event or Cron is required", where, field))
 		case t.Cron != "":
-			if _, err := parseCron(t.Cron); err != nil {
+			if _, err := maintenance.ParseCron(t.Cron); err != nil {
 				errs = append(errs, fmt.Errorf("durable: %s: %s.Cron: %w", where, field, err))
 			}
 		}

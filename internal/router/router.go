@@ -419,6 +419,18 @@ type notifier struct {
 	mu      sync.Mutex
 	last    time.Time
 	pending bool
+	timer   *time.Timer // the pending notification's
+	stopped bool
+}
+
+// Stop cancels a pending notification and sends no more from timers.
+func (rt *Router) Stop() {
+	rt.notes.mu.Lock()
+	defer rt.notes.mu.Unlock()
+	rt.notes.stopped = true
+	if rt.notes.timer != nil {
+		rt.notes.timer.Stop()
+	}
 }
 
 // notifyDue reports whether a notification may be sent now (and records
@@ -445,19 +457,22 @@ func (rt *Router) NotifyProducers(ctx context.Context) {
 		rt.sendNotify(ctx)
 		return
 	}
-	if rt.notes.pending {
+	if rt.notes.pending || rt.notes.stopped {
 		rt.notes.mu.Unlock()
 		return
 	}
 	rt.notes.pending = true
-	rt.notes.mu.Unlock()
-	time.AfterFunc(wait, func() {
+	rt.notes.timer = time.AfterFunc(wait, func() {
 		rt.notes.mu.Lock()
 		rt.notes.pending = false
 		rt.notes.last = time.Now()
+		stopped := rt.notes.stopped
 		rt.notes.mu.Unlock()
-		rt.sendNotify(context.WithoutCancel(ctx))
+		if !stopped {
+			rt.sendNotify(context.WithoutCancel(ctx))
+		}
 	})
+	rt.notes.mu.Unlock()
 }
 
 func (rt *Router) sendNotify(ctx context.Context) {
