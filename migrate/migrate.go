@@ -39,6 +39,7 @@ import (
 	"github.com/riverqueue/river/rivermigrate"
 
 	"github.com/pgdurable/durable/internal/pgident"
+	"github.com/pgdurable/durable/internal/riverbridge"
 )
 
 // quietLogger drops River's migrator's info logs ("no migrations to
@@ -245,13 +246,12 @@ func Migrations(schema string) ([]Migration, error) {
 	for _, m := range migrator.AllVersions() {
 		// Record versions as migrate.Up and River do, so that Up later
 		// finds a schema built from these files up to date.
-		record := fmt.Sprintf("\nINSERT INTO %sriver_migration (line, version) VALUES ('main', %d) ON CONFLICT DO NOTHING;\n", prefix, m.Version)
-		forget := fmt.Sprintf("\nDELETE FROM %sriver_migration WHERE line = 'main' AND version = %d;\n", prefix, m.Version)
-		if m.Version < 5 { // the line column arrives with version 5
-			record = fmt.Sprintf("\nINSERT INTO %sriver_migration (version) VALUES (%d) ON CONFLICT DO NOTHING;\n", prefix, m.Version)
+		record := "\n" + riverbridge.RecordMigrationSQL(schema, m.Version) + ";\n"
+		forget := fmt.Sprintf("\nDELETE FROM %sriver_migration WHERE line = '%s' AND version = %d;\n", prefix, riverbridge.MigrationLine, m.Version)
+		if m.Version < riverbridge.MigrationLineVersion { // the line column arrives with it
 			forget = fmt.Sprintf("\nDELETE FROM %sriver_migration WHERE version = %d;\n", prefix, m.Version)
 		}
-		down := strings.ReplaceAll(m.SQLDown, "/* TEMPLATE: schema */", prefix)
+		down := riverbridge.RenderMigration(m.SQLDown, schema)
 		if m.Version > 1 { // version 1's down drops the table itself
 			down = forget + down
 		}
@@ -259,7 +259,7 @@ func Migrations(schema string) ([]Migration, error) {
 			Line:    "river",
 			Version: m.Version,
 			Name:    m.Name,
-			Up:      strings.ReplaceAll(m.SQLUp, "/* TEMPLATE: schema */", prefix) + record,
+			Up:      riverbridge.RenderMigration(m.SQLUp, schema) + record,
 			Down:    down,
 		})
 	}

@@ -145,8 +145,10 @@ func (RetryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
 			recent++
 		}
 	}
+	// job.Errors holds the earlier failures, not this one: the first
+	// retry waits a second, each recent failure before it doubles that.
 	d := time.Second
-	for i := 1; i < recent && d < time.Minute; i++ {
+	for i := 0; i < recent && d < time.Minute; i++ {
 		d *= 2
 	}
 	d = min(d, time.Minute)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/pgdurable/durable/internal/riverbridge"
 )
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
@@ -22,7 +24,11 @@ func Schema(name string) (string, error) {
 		return DefaultSchema, nil
 	}
 	if !schemaRE.MatchString(name) {
-		return "", fmt.Errorf("invalid schema name %q: use lower-case letters, digits and underscores (at most 63), starting with a letter or underscore", name)
+		return "", fmt.Errorf("invalid schema name %q: use lower-case letters, digits and underscores, starting with a letter or underscore", name)
+	}
+	if len(name) > riverbridge.MaxSchemaLen {
+		// River prefixes its notification channels with the schema.
+		return "", fmt.Errorf("invalid schema name %q: %d bytes, at most %d (River's limit)", name, len(name), riverbridge.MaxSchemaLen)
 	}
 	return name, nil
 }

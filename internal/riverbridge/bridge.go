@@ -3,11 +3,13 @@
 // upgrade that changes one fails the tests.
 //
 // The library writes River's tables with its own SQL (the queries of
-// internal/store/sql/river.sql, durable_deliver in migrate/sql), wakes River's producers with its own NOTIFY, reads River's
-// bookkeeping of who works a job, and records River's migrations itself
-// (migrate.Migrations). Each of those leans on something River does not
-// promise; this file names each fact once, next to the River source it was
-// read from (River v0.51.2, riverdriver/riverpgxv5 v0.51.2).
+// internal/store/sql/river.sql, durable_deliver in migrate/sql), wakes
+// River's producers with its own NOTIFY, reads River's bookkeeping of who
+// works a job, and records River's migrations itself (migrate.Migrations).
+// Each of those leans on something River does not promise; this file names
+// each fact once, next to the River source it was read from (River
+// v0.51.2: github.com/riverqueue/river, riverdriver, riverdriver/riverpgxv5,
+// rivershared; paths below are relative to those modules).
 //
 // Facts the library relies on that need no Go value here, and are pinned by
 // the tests all the same:
@@ -18,10 +20,6 @@
 //   - A worker's error records one entry in errors and schedules the retry
 //     at the client's ClientRetryPolicy.NextRetry, which sees the job
 //     without the error being recorded (reportError).
-//   - A job the library marks completed itself, while River's worker still
-//     runs it, stays completed when the worker then returns nil, and River
-//     logs no error (riverpgxv5 internal/dbsqlc/river_job.sql,
-//     JobSetStateIfRunningMany, only updates rows still running).
 package riverbridge
 
 import (
@@ -36,8 +34,8 @@ import (
 const insertTopic = "river_insert"
 
 // MaxSchemaLen is the longest schema name River's Config accepts
-// (client.go, Config.validate: 63 - 1 - len(NotificationTopicLongest),
-// "river_leadership"): River prefixes the schema and a dot to its
+// (client.go, Config.validate: 63 - 1 - len(NotificationTopicLongest), the
+// longest topic being "river_leadership"): River prefixes the schema and a dot to its
 // notification channels, and Postgres identifiers hold 63 bytes. A longer
 // schema makes river.NewClient fail; rivermigrate does not check it.
 // River also requires ^[a-zA-Z_][a-zA-Z0-9_]*$ (postgresSchemaNameRE).
@@ -59,36 +57,43 @@ func InsertTopic(schema string) string {
 // are inserted into queue, byte for byte: Client.maybeNotifyInsertForQueues
 // in client.go formats it with fmt.Sprintf("{\"queue\": %q}", queue), and
 // the producer decodes it into insertPayload{Queue string `json:"queue"`}
-// (producer.go, handleInsertNotification), ignoring other queues. River's
-// queue names are plain ASCII, for which %q is valid JSON.
+// (producer.go, handleInsertNotification), ignoring other queues; any JSON
+// of that shape does (the library's SQL sends json_build_object('queue',
+// q)). River's queue names are lower-case ASCII letters, digits and
+// separators (client.go, validateQueueName), for which %q is valid JSON.
 func InsertPayload(queue string) string {
 	return fmt.Sprintf("{\"queue\": %q}", queue)
 }
 
 // InsertJobSQL returns the shape of the library's raw insert of a run job
-// (query InsertRuns): five columns and state 'available' due
-// now, every other column of river_job left to its default. $1 is the
-// args (jsonb), $2 the kind, $3 max_attempts, $4 the queue; it returns the
-// job's ID. River's fetch (riverpgxv5 internal/dbsqlc/river_job.sql,
-// JobGetAvailable) takes such a row like one of its own.
+// (query InsertRuns): six columns, state 'available' due now, every other
+// column of river_job left to its default, which is what River's own
+// insert writes there. $1 is the args (jsonb), $2 the kind, $3
+// max_attempts, $4 the queue; it returns the job's ID. River's fetch
+// (riverpgxv5 internal/dbsqlc/river_job.sql, JobGetAvailable) takes such a
+// row like one of its own.
 func InsertJobSQL(schema string) string {
 	return "INSERT INTO " + quote(schema) + ".river_job (args, kind, max_attempts, queue, state, scheduled_at)" +
 		" VALUES ($1::jsonb, $2, $3, $4, 'available', now()) RETURNING id"
 }
 
 // CompleteJobSQL returns the shape of the library's completion of a run's
-// job in its own transaction (query Commit), while River's
-// worker may still be executing it: $1 is the job's ID. River's check
-// constraint finalized_or_finalized_at_null (migration 004) requires
-// finalized_at with state completed.
+// job in its own transaction (query Commit), while River's worker may
+// still be executing it: $1 is the job's ID. River's check constraint
+// finalized_or_finalized_at_null (riverpgxv5 migration/main/004) requires
+// finalized_at with state completed. When the worker then returns nil,
+// River's completer leaves the row alone: JobSetStateIfRunningMany
+// (riverpgxv5 internal/dbsqlc/river_job.sql) only updates rows still
+// running.
 func CompleteJobSQL(schema string) string {
 	return "UPDATE " + quote(schema) + ".river_job SET state = 'completed', finalized_at = now() WHERE id = $1"
 }
 
 // WakeJobSQL returns the shape of the library's wake-up of a waiting job
-// (durable_deliver, query Rescue): $1 is the job's ID. The same transaction then
-// sends InsertPayload on InsertTopic, and River's producer fetches the job
-// within its FetchCooldown instead of at its next FetchPollInterval.
+// (durable_deliver, query Rescue): $1 is the job's ID. The same transaction
+// then sends InsertPayload on InsertTopic, and River's producer fetches the
+// job within its FetchCooldown instead of at its next FetchPollInterval
+// (producer.go, handleInsertNotification calls fetchLimiter.Call).
 func WakeJobSQL(schema string) string {
 	return "UPDATE " + quote(schema) + ".river_job SET state = 'available', scheduled_at = now() WHERE id = $1"
 }
@@ -158,7 +163,7 @@ const MigrationLine = "main"
 // MigrationLineVersion is River's migration that adds river_migration.line
 // (rivermigrate/river_migrate.go, migrateVersionLineColumnAdded): River
 // records earlier versions by version alone.
-const MigrationLineVersion = 4
+const MigrationLineVersion = 5
 
 // SchemaTemplate is the marker River's migration SQL
 // (rivermigrate.Migration.SQLUp, SQLDown) holds where the schema prefix

@@ -75,7 +75,9 @@ func newEnv(t *testing.T) *env {
 // when the test ends.
 func newBareEnv(t *testing.T, schema string) *env {
 	t.Helper()
-	ctx := context.Background()
+	// Every wait on the database ends: a test that fails while holding a
+	// connection must not hang the others.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	url, err := testdb.URL(ctx)
 	require.NoError(t, err)
 	cfg, err := pgxpool.ParseConfig(url)
@@ -86,7 +88,10 @@ func newBareEnv(t *testing.T, schema string) *env {
 	_, err = pool.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize())
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+		defer cancel()
+		dropCtx, dropCancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer dropCancel()
+		_, _ = pool.Exec(dropCtx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
 		pool.Close()
 	})
 	return &env{t: t, ctx: ctx, url: url, pool: pool, schema: schema, logs: &logRecorder{}}
@@ -235,6 +240,7 @@ func TestInsertNotification(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := riverbridge.InsertTopic(e.schema)
+	queue := "rb_q_" + randHex(8) // this test's own, so no other test's notification can pass for River's
 
 	conn, err := pgx.Connect(e.ctx, e.url)
 	require.NoError(t, err)
@@ -243,7 +249,7 @@ func TestInsertNotification(t *testing.T) {
 	require.NoError(t, err)
 
 	c := e.newClient(&river.Config{}) // insert only
-	_, err = c.Insert(e.ctx, testArgs{RunID: "r1"}, &river.InsertOpts{Queue: testQueue})
+	_, err = c.Insert(e.ctx, testArgs{RunID: "r1"}, &river.InsertOpts{Queue: queue})
 	require.NoError(t, err)
 
 	ctx, cancel := context.WithTimeout(e.ctx, wait)
@@ -256,11 +262,11 @@ func TestInsertNotification(t *testing.T) {
 	var theirs, ours map[string]any
 	require.NoError(t, json.Unmarshal([]byte(n.Payload), &theirs),
 		"River's insert notification payload is no longer a JSON object: %s", n.Payload)
-	require.NoError(t, json.Unmarshal([]byte(riverbridge.InsertPayload(testQueue)), &ours))
+	require.NoError(t, json.Unmarshal([]byte(riverbridge.InsertPayload(queue)), &ours))
 	require.ElementsMatch(t, slices.Collect(maps.Keys(theirs)), slices.Collect(maps.Keys(ours)),
 		"River changed its insert notification payload: River sends %s, InsertPayload sends %s",
-		n.Payload, riverbridge.InsertPayload(testQueue))
-	require.Equal(t, testQueue, theirs["queue"],
+		n.Payload, riverbridge.InsertPayload(queue))
+	require.Equal(t, queue, theirs["queue"],
 		"River changed its insert notification payload: the queue is no longer its \"queue\" (River sent %s)", n.Payload)
 	require.Equal(t, ours, theirs, "River changed its insert notification payload (InsertPayload)")
 }
@@ -426,8 +432,9 @@ func TestSnooze(t *testing.T) {
 		state rivertype.JobState // right after the snooze
 	}{
 		{"zero", 0, rivertype.JobStateAvailable},
-		{"within scheduler interval", 2 * time.Second, rivertype.JobStateAvailable},
-		{"beyond scheduler interval", riverbridge.SchedulerInterval + 5*time.Second, rivertype.JobStateScheduled},
+		// Either side of SchedulerInterval, to pin it.
+		{"within scheduler interval", riverbridge.SchedulerInterval - 500*time.Millisecond, rivertype.JobStateAvailable},
+		{"beyond scheduler interval", riverbridge.SchedulerInterval + 500*time.Millisecond, rivertype.JobStateScheduled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -475,6 +482,7 @@ func TestSnooze(t *testing.T) {
 			require.Equal(t, 1, second.attempt, "River's JobSnooze now uses up an attempt")
 			require.False(t, second.start.Before(snoozed.ScheduledAt),
 				"River worked an available job before its scheduled_at: the library's Wake query assumes a short snooze waits for it")
+			t.Logf("worked again %s after the first attempt", second.start.Sub(first.start))
 			if tc.d == 0 {
 				require.Less(t, second.start.Sub(first.start), 3*time.Second,
 					"River no longer makes a job snoozed with JobSnooze(0) available again at once")
@@ -510,10 +518,11 @@ func TestErrorRetry(t *testing.T) {
 		d     time.Duration
 		state rivertype.JobState // right after the error
 	}{
-		// The library's own retry policy backs off from one second: this
-		// is the case it meets.
-		{"within scheduler interval", 2 * time.Second, rivertype.JobStateAvailable},
-		{"beyond scheduler interval", time.Hour, rivertype.JobStateRetryable},
+		// Either side of SchedulerInterval, to pin it. The library's own
+		// retry policy backs off from one second: the first case is the
+		// one it meets.
+		{"within scheduler interval", riverbridge.SchedulerInterval - 500*time.Millisecond, rivertype.JobStateAvailable},
+		{"beyond scheduler interval", riverbridge.SchedulerInterval + 500*time.Millisecond, rivertype.JobStateRetryable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -607,6 +616,7 @@ func TestCompletedByLibrary(t *testing.T) {
 	// worker still runs, then the worker returns nil.
 	tx, err := e.pool.Begin(e.ctx)
 	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(context.Background()) }()
 	tag, err := tx.Exec(e.ctx, riverbridge.CompleteJobSQL(e.schema), id)
 	require.NoError(t, err, "River's river_job refuses the library's completion (CompleteJobSQL)")
 	require.EqualValues(t, 1, tag.RowsAffected())
@@ -634,40 +644,68 @@ func TestCompletedByLibrary(t *testing.T) {
 
 func TestWakeByNotify(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	started := make(chan time.Time, 1)
-	c := e.newClient(&river.Config{
-		// The library polls every second; a poll this long means only the
-		// notification can explain a prompt fetch.
-		FetchPollInterval: 10 * time.Second,
-		FetchCooldown:     2 * time.Millisecond,
-		Queues:            queues(),
-		Workers: workers(func(context.Context, *river.Job[testArgs]) error {
-			started <- time.Now()
-			return nil
-		}),
-	})
-	res, err := c.Insert(e.ctx, testArgs{RunID: "r1"},
-		&river.InsertOpts{Queue: testQueue, ScheduledAt: time.Now().Add(time.Hour)})
-	require.NoError(t, err)
-	require.Equal(t, rivertype.JobStateScheduled, res.Job.State)
-	e.start(c) // River's producers LISTEN before Start returns
+	for _, tc := range []struct {
+		name   string
+		notify string // $1 the channel, $2 arg
+		arg    string
+	}{
+		// The payload as the Go side sends it (Client.notifyPayload).
+		{"InsertPayload", "SELECT pg_notify($1, $2)", riverbridge.InsertPayload(testQueue)},
+		// The payload as the SQL side sends it (durable_deliver, Rescue).
+		{"json_build_object", "SELECT pg_notify($1, json_build_object('queue', $2::text)::text)", testQueue},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			started := make(chan time.Time, 1)
+			probed := make(chan struct{}, 1)
+			c := e.newClient(&river.Config{
+				// The library polls every second; a poll this long means
+				// only the notification can explain a prompt fetch.
+				FetchPollInterval: 10 * time.Second,
+				FetchCooldown:     2 * time.Millisecond,
+				Queues:            queues(),
+				Workers: workers(func(_ context.Context, job *river.Job[testArgs]) error {
+					if job.Args.RunID == "probe" {
+						probed <- struct{}{}
+					} else {
+						started <- time.Now()
+					}
+					return nil
+				}),
+			})
+			res, err := c.Insert(e.ctx, testArgs{RunID: "r1"},
+				&river.InsertOpts{Queue: testQueue, ScheduledAt: time.Now().Add(time.Hour)})
+			require.NoError(t, err)
+			require.Equal(t, rivertype.JobStateScheduled, res.Job.State)
+			// The producer's first fetch (at Start, not waited for) must be
+			// over before the wake-up, or it could find the woken job
+			// itself: it finds this probe.
+			_, err = c.Insert(e.ctx, testArgs{RunID: "probe"}, &river.InsertOpts{Queue: testQueue})
+			require.NoError(t, err)
+			e.start(c)
+			receive(t, probed, wait, "River did not work the probe job")
 
-	tx, err := e.pool.Begin(e.ctx)
-	require.NoError(t, err)
-	tag, err := tx.Exec(e.ctx, riverbridge.WakeJobSQL(e.schema), res.Job.ID)
-	require.NoError(t, err)
-	require.EqualValues(t, 1, tag.RowsAffected())
-	_, err = tx.Exec(e.ctx, "SELECT pg_notify($1, $2)", riverbridge.InsertTopic(e.schema), riverbridge.InsertPayload(testQueue))
-	require.NoError(t, err)
-	require.NoError(t, tx.Commit(e.ctx))
-	woke := time.Now()
+			tx, err := e.pool.Begin(e.ctx)
+			require.NoError(t, err)
+			defer func() { _ = tx.Rollback(context.Background()) }()
+			tag, err := tx.Exec(e.ctx, riverbridge.WakeJobSQL(e.schema), res.Job.ID)
+			require.NoError(t, err)
+			require.EqualValues(t, 1, tag.RowsAffected())
+			_, err = tx.Exec(e.ctx, tc.notify, riverbridge.InsertTopic(e.schema), tc.arg)
+			require.NoError(t, err)
+			require.NoError(t, tx.Commit(e.ctx))
+			woke := time.Now()
 
-	at := receive(t, started, 5*time.Second,
-		"River's producer ignored the library's insert notification (InsertTopic, InsertPayload): the woken job was not worked before the next poll")
-	require.Less(t, at.Sub(woke), 500*time.Millisecond,
-		"River's producer reacted slowly to the library's insert notification (InsertTopic, InsertPayload)")
-	e.waitJobState(res.Job.ID, "completed", "River did not complete the woken job")
+			at := receive(t, started, 5*time.Second,
+				"River's producer ignored the library's insert notification (InsertTopic, InsertPayload): "+
+					"the woken job was not worked before the next poll")
+			t.Logf("worked %s after the notification", at.Sub(woke))
+			require.Less(t, at.Sub(woke), 500*time.Millisecond,
+				"River's producer reacted slowly to the library's insert notification (InsertTopic, InsertPayload)")
+			e.waitJobState(res.Job.ID, "completed", "River did not complete the woken job")
+		})
+	}
 }
 
 // 6. Migration bookkeeping.
@@ -705,6 +743,10 @@ func TestMigrationBookkeeping(t *testing.T) {
 	// The library's record of an old version (RecordMigrationSQL).
 	_, err = e.pool.Exec(e.ctx, riverbridge.RecordMigrationSQL(e.schema, 1))
 	require.NoError(t, err, "the library's record of a River version before MigrationLineVersion fails")
+
+	e.migrate(riverbridge.MigrationLineVersion)
+	require.Contains(t, migrationColumns(t, e), "line",
+		"River's river_migration has no line column at version %d (MigrationLineVersion)", riverbridge.MigrationLineVersion)
 
 	e.migrate(0)
 	cols = migrationColumns(t, e)
@@ -775,13 +817,16 @@ func TestMigrationRendering(t *testing.T) {
 			require.NotContains(t, riverbridge.RenderMigration(sql, own.schema), "TEMPLATE",
 				"River's migration %d (%s) has a template marker other than SchemaTemplate", m.Version, dir)
 		}
-		tx, err := own.pool.Begin(own.ctx)
+		err := pgx.BeginFunc(own.ctx, own.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(own.ctx, riverbridge.RenderMigration(m.SQLUp, own.schema)); err != nil {
+				return fmt.Errorf("River's migration %d rendered with RenderMigration fails: %w", m.Version, err)
+			}
+			if _, err := tx.Exec(own.ctx, riverbridge.RecordMigrationSQL(own.schema, m.Version)); err != nil {
+				return fmt.Errorf("recording River's migration %d with RecordMigrationSQL fails: %w", m.Version, err)
+			}
+			return nil
+		})
 		require.NoError(t, err)
-		_, err = tx.Exec(own.ctx, riverbridge.RenderMigration(m.SQLUp, own.schema))
-		require.NoError(t, err, "River's migration %d rendered with RenderMigration fails", m.Version)
-		_, err = tx.Exec(own.ctx, riverbridge.RecordMigrationSQL(own.schema, m.Version))
-		require.NoError(t, err, "recording River's migration %d with RecordMigrationSQL fails", m.Version)
-		require.NoError(t, tx.Commit(own.ctx))
 	}
 	require.Equal(t, describeSchema(t, viaRiver), describeSchema(t, own),
 		"River's migrations rendered and recorded as the library does (RenderMigration, RecordMigrationSQL) "+

@@ -28,6 +28,7 @@ import (
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/failure"
 	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/riverbridge"
 	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/riverjobs"
 )
@@ -70,7 +71,7 @@ type Router struct {
 func New(cfg Config) *Router {
 	return &Router{
 		pool: cfg.Pool, q: cfg.Queries, exprs: cfg.Exprs, logger: cfg.Logger, river: cfg.River,
-		queue: cfg.Queue, channel: cfg.Schema + ".river_insert", payload: fmt.Sprintf(`{"queue": %q}`, cfg.Queue),
+		queue: cfg.Queue, channel: riverbridge.InsertTopic(cfg.Schema), payload: riverbridge.InsertPayload(cfg.Queue),
 		local: cfg.Local, kickRouter: cfg.KickRouter,
 	}
 }
@@ -412,77 +413,6 @@ func (rt *Router) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, 
 	return runIDs, nil
 }
 
-// notifier rate-limits the NOTIFY that wakes River's producers: Postgres
-// serialises the commits of notifying transactions, so one every
-// notifyEvery per process is plenty (producers also poll).
-type notifier struct {
-	mu      sync.Mutex
-	last    time.Time
-	pending bool
-	timer   *time.Timer // the pending notification's
-	stopped bool
-}
-
-// Stop cancels a pending notification and sends no more from timers.
-func (rt *Router) Stop() {
-	rt.notes.mu.Lock()
-	defer rt.notes.mu.Unlock()
-	rt.notes.stopped = true
-	if rt.notes.timer != nil {
-		rt.notes.timer.Stop()
-	}
-}
-
-// notifyDue reports whether a notification may be sent now (and records
-// it as sent).
-func (rt *Router) notifyDue() bool {
-	rt.notes.mu.Lock()
-	defer rt.notes.mu.Unlock()
-	if time.Since(rt.notes.last) < notifyEvery {
-		return false
-	}
-	rt.notes.last = time.Now()
-	return true
-}
-
-// NotifyProducers tells River's producers that runs are ready, after the
-// transaction that created them committed: at once, or, within
-// notifyEvery of the previous notification, once that interval ends.
-func (rt *Router) NotifyProducers(ctx context.Context) {
-	rt.notes.mu.Lock()
-	wait := notifyEvery - time.Since(rt.notes.last)
-	if wait <= 0 {
-		rt.notes.last = time.Now()
-		rt.notes.mu.Unlock()
-		rt.sendNotify(ctx)
-		return
-	}
-	if rt.notes.pending || rt.notes.stopped {
-		rt.notes.mu.Unlock()
-		return
-	}
-	rt.notes.pending = true
-	rt.notes.timer = time.AfterFunc(wait, func() {
-		rt.notes.mu.Lock()
-		rt.notes.pending = false
-		rt.notes.last = time.Now()
-		stopped := rt.notes.stopped
-		rt.notes.mu.Unlock()
-		if !stopped {
-			rt.sendNotify(context.WithoutCancel(ctx))
-		}
-	})
-	rt.notes.mu.Unlock()
-}
-
-func (rt *Router) sendNotify(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := rt.pool.Exec(ctx, rt.q.NotifyInsert, rt.channel, rt.payload); err != nil {
-		rt.logger.WarnContext(ctx, "durable: notifying producers failed; they will find the runs at their next poll", "error", err)
-	}
-}
-
 // warnUnmatched logs, once per event name and client, an event that
 // matched no registered trigger and no wait: often a function whose
 // process never registered it (see Client.Register), or a misspelt name.
@@ -759,11 +689,6 @@ func interval(ms int64) *string {
 	return &s
 }
 
-// notifyEvery is the least time between two NOTIFYs of one process to
-// River's producers: Postgres serialises the commits of notifying
-// transactions, and producers also poll.
-const notifyEvery = 5 * time.Millisecond
-
 // StartRun creates a run of functionID for ev in tx (a cron tick's), and
 // returns its ID ("" when its idempotency key is taken).
 func (rt *Router) StartRun(ctx context.Context, tx pgx.Tx, functionID string, cfg store.FunctionConfig, ev store.Event) (string, error) {
@@ -779,49 +704,4 @@ func (rt *Router) InsertWait(ctx context.Context, tx pgx.Tx, runID, stepKey, eve
 	var w waitRows
 	w.add(rt, runID, "wait", &stepKey, eventName, ifExpr, trigger, &expires)
 	return w.insert(ctx, rt, tx)
-}
-
-// PrepareEvent validates an event and turns it into its stored form. pos
-// is its position in the call, used in error messages.
-func PrepareEvent(id, name string, data any, ts time.Time, pos, maxSize int) (store.Event, error) {
-	where := fmt.Sprintf("event %d", pos)
-	if name != "" {
-		where = fmt.Sprintf("event %d (%q)", pos, name)
-	}
-	name = strings.TrimSpace(name)
-	if name == "" {
-		return store.Event{}, fmt.Errorf("durable: %s: Name is required", where)
-	}
-	if len(name) > 256 {
-		return store.Event{}, fmt.Errorf("durable: %s: Name is %d bytes, over the 256-byte limit", where, len(name))
-	}
-	if len(id) > 256 {
-		return store.Event{}, fmt.Errorf("durable: %s: ID is %d bytes, over the 256-byte limit", where, len(id))
-	}
-	var raw json.RawMessage
-	switch d := data.(type) {
-	case nil:
-		raw = json.RawMessage("{}")
-	case json.RawMessage:
-		if !json.Valid(d) {
-			return store.Event{}, fmt.Errorf("durable: %s: Data is not valid JSON", where)
-		}
-		raw = d
-	default:
-		b, err := json.Marshal(d)
-		if err != nil {
-			return store.Event{}, fmt.Errorf("durable: %s: Data does not marshal to JSON: %w", where, err)
-		}
-		raw = b
-	}
-	if len(raw) > maxSize {
-		return store.Event{}, fmt.Errorf("durable: %s: Data is %d bytes, over the %d-byte limit (Config.MaxEventSize)", where, len(raw), maxSize)
-	}
-	if ts.IsZero() {
-		ts = time.Now()
-	}
-	if id == "" {
-		id = ids.At(ts)
-	}
-	return store.Event{ID: id, Name: name, Data: raw, TS: ts.UTC().Truncate(time.Microsecond)}, nil
 }
