@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -98,3 +99,13 @@ func (c *Client) CancelMany(ctx context.Context, filter CancelFilter) (int, erro
 		afterAt, afterID = last.at, last.id
 	}
 }
+
+// cancelBatch is how many candidate runs CancelMany reads per query
+// (atomic: tests lower it).
+var cancelBatch atomic.Int64
+
+func init() { cancelBatch.Store(500) }
+
+// testHookCancelBatch holds, for tests only, a function called with the
+// size of each batch of candidates CancelMany reads.
+var testHookCancelBatch atomic.Pointer[func(n int)]

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgdurable/durable/internal/executor"
 	"github.com/pgdurable/durable/internal/failure"
+	"github.com/pgdurable/durable/internal/store"
 )
 
 // Function is a durable function defined with [NewFunction]. Pass it to
@@ -196,4 +197,19 @@ func decodeEvent[T any](e eventJSON) (TypedEvent[T], error) {
 		}
 	}
 	return te, nil
+}
+
+type funcConfig = store.FunctionConfig
+
+func (d *funcDef) config() funcConfig {
+	cfg := funcConfig{
+		Idempotency: d.opts.Idempotency,
+		StartMS:     d.opts.Timeouts.Start.Milliseconds(),
+		FinishMS:    d.opts.Timeouts.Finish.Milliseconds(),
+		System:      d.system,
+	}
+	for _, c := range d.opts.CancelOn {
+		cfg.CancelOn = append(cfg.CancelOn, store.CancelOnConfig{Event: c.Event, If: c.If, TimeoutMS: c.Timeout.Milliseconds()})
+	}
+	return cfg
 }

@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
+	"reflect"
 	"regexp"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgdurable/durable/internal/store"
 )
 
 // percentile returns the nearest-rank p-quantile (0 < p <= 1) of sorted.
@@ -277,52 +278,50 @@ var (
 	schemaFunc = regexp.MustCompile(`\.durable_\w+\(`) // the library's SQL functions, which write
 )
 
-// durableQueries name the library's statements when its SQL source
-// (sql/queries.sql, found next to this file's source) can be read: the
-// durable package strips the "-- name:" comments before running them, so
-// the tracer recognises them by their text. It maps normalized SQL (see
+// durableQueries name the library's statements (internal/store's
+// Queries): the store strips the "-- name:" comments before running them,
+// so the tracer recognises them by their text. It maps normalized SQL (see
 // normalizeSQL) to "durable.<Name>". Statements it cannot name are shown
 // by their first words.
 func durableQueries(schema string) map[string]string {
 	out := map[string]string{}
 	for name, sql := range durableSQL(schema) {
+		// Tracers may see a statement before or after pgx rewrites its
+		// named arguments.
 		out[normalizeSQL(sql)] = "durable." + name
+		out[normalizeSQL(positional(sql))] = "durable." + name
 	}
 	return out
 }
 
 // durableSQL returns the library's statements by name, rendered for
-// schema, read from sql/queries.sql next to this file's source; nil when
-// it cannot be read.
+// schema; nil when the schema name is invalid.
 func durableSQL(schema string) map[string]string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return nil
-	}
-	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "sql", "queries.sql"))
+	q, err := store.Load(schema)
 	if err != nil {
 		return nil
 	}
 	out := map[string]string{}
-	var name string
-	var body strings.Builder
-	flush := func() {
-		if name != "" {
-			out[name] = strings.TrimSpace(strings.ReplaceAll(body.String(), "{{schema}}", pgx.Identifier{schema}.Sanitize()))
-		}
-		body.Reset()
+	v := reflect.ValueOf(q).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		out[v.Type().Field(i).Name] = v.Field(i).String()
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "-- name: "); ok {
-			flush()
-			name = strings.TrimSpace(rest)
-			continue
-		}
-		body.WriteString(line)
-		body.WriteByte('\n')
-	}
-	flush()
 	return out
+}
+
+// namedArg is a pgx named argument in a statement.
+var namedArg = regexp.MustCompile(`@[a-z_][a-z0-9_]*`)
+
+// positional rewrites named arguments as pgx sends them: $1, $2, ... in
+// the order the names first appear.
+func positional(sql string) string {
+	seen := map[string]int{}
+	return namedArg.ReplaceAllStringFunc(sql, func(n string) string {
+		if _, ok := seen[n]; !ok {
+			seen[n] = len(seen) + 1
+		}
+		return fmt.Sprintf("$%d", seen[n])
+	})
 }
 
 // normalizeSQL drops comment lines and collapses white space.

@@ -260,7 +260,7 @@ func (e *env) explainMatchWaits(ctx context.Context, schemas [2]string) error {
 	for _, s := range schemas {
 		sql := durableSQL(s)["MatchWaits"]
 		if sql == "" {
-			return errors.New("MatchWaits not found in sql/queries.sql")
+			return errors.New("MatchWaits not found in internal/store")
 		}
 		conn, err := e.conn(ctx, "explain")
 		if err != nil {

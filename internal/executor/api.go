@@ -4,7 +4,7 @@
 // the attempt ended, as one outcome that becomes River's answer for the
 // job (see outcome.go). The hot path, a step from the user's call to its
 // commit, is Step in this file, then runState.step and runState.boundary
-// in steps.go, then runState.commitIn in executor.go.
+// in steps.go, then runState.commitIn in commit.go.
 //
 // The public package's step functions (durable.Step and the rest) are thin
 // generic wrappers over the functions here.
