@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pgdurable/durable/internal/executor"
 	"github.com/pgdurable/durable/internal/expr"
@@ -86,6 +88,28 @@ type Config struct {
 	MaxRunState int
 	// MaxSteps caps the number of steps of one run. Defaults to 1000.
 	MaxSteps int
+
+	// Retention prunes ended runs, old events, expired idempotency keys
+	// and cron ticks (see [Retention]).
+	Retention Retention
+	// TracerProvider receives the spans of run attempts and steps. nil: no
+	// spans.
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives the library's metrics. nil: no metrics.
+	MeterProvider metric.MeterProvider
+}
+
+// Retention prunes ended runs (with their steps), events no run or wait
+// still needs, and expired idempotency keys and cron ticks, in batches,
+// every Interval, from one process at a time. Zero means the default; a
+// negative duration keeps forever. Running, sleeping and waiting runs are
+// never pruned.
+type Retention struct {
+	Completed time.Duration // default 7 days (also applies to skipped runs)
+	Failed    time.Duration // default 30 days
+	Cancelled time.Duration // default 7 days
+	Events    time.Duration // default 7 days; below 24h it also shortens the event-ID dedupe window
+	Interval  time.Duration // default 1 minute
 }
 
 // Client sends events, executes functions and reads runs.
@@ -155,6 +179,17 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	}
 	if cfg.RetryBackoff == nil {
 		cfg.RetryBackoff = DefaultRetryBackoff
+	}
+	// Options of the operations issue, rejected until they are implemented
+	// (nothing in the contract is silently ignored).
+	if cfg.Retention != (Retention{}) {
+		errs = append(errs, fmt.Errorf("durable: Config.Retention: %w", ErrNotSupported))
+	}
+	if cfg.TracerProvider != nil {
+		errs = append(errs, fmt.Errorf("durable: Config.TracerProvider: %w", ErrNotSupported))
+	}
+	if cfg.MeterProvider != nil {
+		errs = append(errs, fmt.Errorf("durable: Config.MeterProvider: %w", ErrNotSupported))
 	}
 	if cfg.Queue == "" {
 		cfg.Queue = DefaultQueue
