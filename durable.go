@@ -274,7 +274,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	})
 	c.exec = executor.New(executor.Config{
 		Pool: pool, Queries: c.q, Router: c.router, River: c.river, Exprs: c.exprs, Logger: cfg.Logger,
-		WorkerID: c.workerID, Queue: cfg.Queue, RecoverAfter: cfg.RecoverAfter, RetryBackoff: cfg.RetryBackoff,
+		Schema: schema, WorkerID: c.workerID, Queue: cfg.Queue, RecoverAfter: cfg.RecoverAfter, RetryBackoff: cfg.RetryBackoff,
 		MaxSteps: cfg.MaxSteps, MaxStepOutput: cfg.MaxStepOutput, MaxRunState: cfg.MaxRunState, MaxEventSize: cfg.MaxEventSize,
 		Function: func(id string) *executor.Function {
 			if d, ok := c.funcs[id]; ok {
@@ -346,6 +346,9 @@ func (c *Client) Start(ctx context.Context) error {
 	}
 	if err := c.register(ctx); err != nil {
 		return err
+	}
+	if err := c.recordWorkers(ctx); err != nil {
+		return fmt.Errorf("durable: registering this process: %w", c.explain(err))
 	}
 	if err := c.maint.Heartbeat(ctx); err != nil {
 		return fmt.Errorf("durable: heartbeat: %w", c.explain(err))

@@ -51,6 +51,7 @@ type Config struct {
 	Exprs   *expr.Cache
 	Logger  *slog.Logger
 
+	Schema                                             string
 	WorkerID                                           string // this process's River client ID
 	Queue                                              string
 	RecoverAfter                                       time.Duration
@@ -82,12 +83,13 @@ type Executor struct {
 	abandonOnce sync.Once
 	active      sync.Map // run ID -> struct{}: attempts executing in this process
 	activeN     atomic.Int64
+	hooks       *Hooks // durabletest's, or nil
 }
 
 // New builds an Executor.
 func New(cfg Config) *Executor {
 	return &Executor{cfg: cfg, pool: cfg.Pool, q: cfg.Queries, router: cfg.Router, river: cfg.River,
-		logger: cfg.Logger, abandon: make(chan struct{})}
+		logger: cfg.Logger, abandon: make(chan struct{}), hooks: hooksFor(cfg.Schema)}
 }
 
 // SetStopping makes attempts hand their runs back at their next step

@@ -241,7 +241,9 @@ func (s *Services) rescue(ctx context.Context) error {
 		s.KickWaker(time.Now())
 	}
 	if rand.IntN(100) == 0 {
-		_, err = s.pool.Exec(ctx, s.q.PruneWorkers)
+		if _, err = s.pool.Exec(ctx, s.q.PruneWorkers); err == nil {
+			_, err = s.pool.Exec(ctx, s.q.PruneFunctionWorkers)
+		}
 	}
 	return err
 }

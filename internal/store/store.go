@@ -43,7 +43,8 @@ const (
 // "-- name: X" block of the .sql files.
 type Queries struct {
 	// functions.sql
-	UpsertFunction, DeleteTriggers, InsertTriggers, FunctionConfig, MatchTriggers string
+	UpsertFunction, DeleteTriggers, InsertTriggers, FunctionConfig, MatchTriggers,
+	RecordFunctionWorkers, ListFunctions, UnregisterFunction, PruneFunctionWorkers string
 	// events.sql
 	InsertEvents, ClaimIdempotencyKeys, LockEventName, LockEventNameShared, ListenName,
 	UnroutedEvents, MarkRouted, EventsSince, WaitBegins string

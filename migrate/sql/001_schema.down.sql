@@ -4,6 +4,7 @@ DROP FUNCTION IF EXISTS {{schema}}.durable_take_wait(bigint, text, jsonb, text);
 DROP FUNCTION IF EXISTS {{schema}}.durable_deliver(text, text, text, jsonb, text, text);
 DROP INDEX IF EXISTS {{schema}}.durable_river_job_scheduled_idx;
 DROP TABLE IF EXISTS {{schema}}.durable_listened_name;
+DROP TABLE IF EXISTS {{schema}}.durable_function_worker;
 DROP TABLE IF EXISTS {{schema}}.durable_cron_tick;
 DROP TABLE IF EXISTS {{schema}}.durable_idempotency;
 DROP TABLE IF EXISTS {{schema}}.durable_wait;

@@ -158,6 +158,16 @@ CREATE TABLE {{schema}}.durable_cron_tick (
     PRIMARY KEY (function_id, tick)
 );
 
+-- Which executing processes (River client IDs, see durable_worker) have
+-- which functions, written when a client starts: the function registry
+-- shows the live ones by their heartbeats.
+CREATE TABLE {{schema}}.durable_function_worker (
+    function_id text NOT NULL REFERENCES {{schema}}.durable_function (id) ON DELETE CASCADE,
+    worker_id   text NOT NULL,
+    seen_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (function_id, worker_id)
+);
+
 -- System event names some WaitForEvent waited on: from then on those
 -- events are always stored (a waiter registers the name, under the name's
 -- exclusive lock, before its wait begins).

@@ -24,3 +24,36 @@ FROM {{schema}}.durable_function_trigger t
 JOIN {{schema}}.durable_function f ON f.id = t.function_id
 WHERE t.event_name = ANY($1::text[])
 ORDER BY t.function_id, t.idx;
+
+-- name: RecordFunctionWorkers
+-- The functions a starting process has ($2: its River client ID).
+INSERT INTO {{schema}}.durable_function_worker (function_id, worker_id)
+SELECT f, $2 FROM unnest($1::text[]) AS f
+ON CONFLICT (function_id, worker_id) DO UPDATE SET seen_at = now();
+
+-- name: ListFunctions
+-- The registry: every function with its triggers and the processes that
+-- have it, each with its heartbeat ($1: RecoverAfter in seconds, below
+-- which a heartbeat is live).
+SELECT f.id, f.name, f.retries, f.config, f.updated_at,
+    coalesce((SELECT json_agg(json_build_object('event', coalesce(t.event_name, ''), 'if', t.if_expr, 'cron', t.cron) ORDER BY t.idx)
+        FROM {{schema}}.durable_function_trigger t WHERE t.function_id = f.id), '[]'::json),
+    coalesce((SELECT json_agg(json_build_object('id', fw.worker_id, 'hostname', coalesce(w.hostname, ''), 'pid', coalesce(w.pid, 0),
+            'last_seen', coalesce(w.heartbeat_at, fw.seen_at),
+            'live', coalesce(w.heartbeat_at > now() - make_interval(secs => $1::float8), false)) ORDER BY fw.worker_id)
+        FROM {{schema}}.durable_function_worker fw
+        LEFT JOIN {{schema}}.durable_worker w ON w.id = fw.worker_id
+        WHERE fw.function_id = f.id), '[]'::json)
+FROM {{schema}}.durable_function f
+ORDER BY f.id;
+
+-- name: UnregisterFunction
+-- Forgets a function: its triggers (and process records) go with it, so
+-- events stop starting its runs; runs already created are kept.
+DELETE FROM {{schema}}.durable_function WHERE id = $1;
+
+-- name: PruneFunctionWorkers
+-- Records of processes gone for a day.
+DELETE FROM {{schema}}.durable_function_worker fw
+WHERE fw.seen_at < now() - interval '1 day'
+  AND NOT EXISTS (SELECT 1 FROM {{schema}}.durable_worker w WHERE w.id = fw.worker_id);
