@@ -30,7 +30,7 @@ const (
 // (system events). Send, SendTx, SendEvent refuse such names with an error
 // wrapping [ErrReservedName], so that no caller can forge a system event
 // (and, say, run an OnFailure handler for a made-up run).
-const ReservedPrefix = failure.ReservedPrefix
+const ReservedPrefix = "durable/"
 
 func reservedFunction(id string) error { return failure.ReservedFunction(id) }
 
