@@ -44,7 +44,8 @@
 // process that dies mid-run is detected by its missing heartbeat and its
 // runs resume elsewhere within [Config.RecoverAfter]; completed steps never
 // run again. The runs API ([Client.GetRun], [Client.WaitRun],
-// [Client.RunsForEvent], [Client.Cancel]) shows and controls runs.
+// [Client.RunsForEvent], [Client.ListRuns], [Client.Cancel],
+// [Client.Rerun]) shows and controls runs.
 //
 // # Database
 //

@@ -25,6 +25,7 @@ import (
 	"github.com/pgdurable/durable/internal/pgident"
 	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
+	"github.com/pgdurable/durable/internal/telemetry"
 	"github.com/pgdurable/durable/riverjobs"
 )
 
@@ -41,6 +42,15 @@ const (
 	DefaultMaxRunState   = 32 << 20
 	DefaultMaxSteps      = 1000
 	DefaultRetries       = 4
+)
+
+// Default retention (see [Retention]).
+const (
+	DefaultRetainCompleted = 7 * 24 * time.Hour
+	DefaultRetainFailed    = 30 * 24 * time.Hour
+	DefaultRetainCancelled = 7 * 24 * time.Hour
+	DefaultRetainEvents    = 7 * 24 * time.Hour
+	DefaultRetainInterval  = time.Minute
 )
 
 // Config configures a [Client].
@@ -90,12 +100,20 @@ type Config struct {
 	MaxSteps int
 
 	// Retention prunes ended runs, old events, expired idempotency keys
-	// and cron ticks (see [Retention]).
+	// and cron ticks (see [Retention]). The zero value is every default:
+	// pruning is on, once a minute.
 	Retention Retention
-	// TracerProvider receives the spans of run attempts and steps. nil: no
-	// spans.
+	// TracerProvider receives the spans of run attempts ("durable.run")
+	// and executed steps ("durable.step"), and makes Send, SendTx, Invoke
+	// and SendEvent store the trace context of their ctx with the event:
+	// the spans of the runs it starts link to it. Give it to the clients
+	// that send as well as to those that execute. nil: no spans, and no
+	// trace context stored. See the README's "Telemetry and logs".
 	TracerProvider trace.TracerProvider
-	// MeterProvider receives the library's metrics. nil: no metrics.
+	// MeterProvider receives the library's metrics (named durable.*,
+	// with the attribute durable.function_id), among them the backlog
+	// gauges a started client reads from the database every 15 seconds.
+	// nil: no metrics, and no backlog query.
 	MeterProvider metric.MeterProvider
 }
 
@@ -104,12 +122,42 @@ type Config struct {
 // every Interval, from one process at a time. Zero means the default; a
 // negative duration keeps forever. Running, sleeping and waiting runs are
 // never pruned.
+//
+// Every process that executes functions (Start with Functions) sweeps
+// every Interval, unless another process of the schema is sweeping (an
+// advisory lock; it then skips that sweep); a negative Interval means this
+// process never sweeps. A run is pruned once its status's duration has
+// passed since it ended, with its steps; queued and running runs
+// (sleeping, waiting and retrying included) never are. An event is pruned
+// once Events has passed since it was received, unless it is a system
+// event not yet routed or the trigger of a queued or running run; events
+// younger than an hour and a quarter never are, whatever Events says (a
+// WaitForEvent being registered may read events up to an hour older than
+// itself). Idempotency keys go once expired (24 hours after their run was
+// created), cron ticks once older than Completed and at least 7 days (or
+// never when Completed is negative). River's own job rows are left to
+// River's job cleaner.
 type Retention struct {
 	Completed time.Duration // default 7 days (also applies to skipped runs)
 	Failed    time.Duration // default 30 days
 	Cancelled time.Duration // default 7 days
 	Events    time.Duration // default 7 days; below 24h it also shortens the event-ID dedupe window
 	Interval  time.Duration // default 1 minute
+}
+
+// withDefaults fills in the zero durations.
+func (r Retention) withDefaults() Retention {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&r.Completed, DefaultRetainCompleted)
+	def(&r.Failed, DefaultRetainFailed)
+	def(&r.Cancelled, DefaultRetainCancelled)
+	def(&r.Events, DefaultRetainEvents)
+	def(&r.Interval, DefaultRetainInterval)
+	return r
 }
 
 // Client sends events, executes functions and reads runs.
@@ -180,17 +228,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	if cfg.RetryBackoff == nil {
 		cfg.RetryBackoff = DefaultRetryBackoff
 	}
-	// Options of the operations issue, rejected until they are implemented
-	// (nothing in the contract is silently ignored).
-	if cfg.Retention != (Retention{}) {
-		errs = append(errs, fmt.Errorf("durable: Config.Retention: %w", ErrNotSupported))
-	}
-	if cfg.TracerProvider != nil {
-		errs = append(errs, fmt.Errorf("durable: Config.TracerProvider: %w", ErrNotSupported))
-	}
-	if cfg.MeterProvider != nil {
-		errs = append(errs, fmt.Errorf("durable: Config.MeterProvider: %w", ErrNotSupported))
-	}
+	cfg.Retention = cfg.Retention.withDefaults()
 	if cfg.Queue == "" {
 		cfg.Queue = DefaultQueue
 	}
@@ -262,8 +300,13 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("durable: river client: %w", err)
 	}
+	// nil without providers: no spans, no metrics, a nil check.
+	tel, err := telemetry.New(cfg.TracerProvider, cfg.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("durable: Config.MeterProvider: %w", err)
+	}
 	c.router = router.New(router.Config{
-		Pool: pool, Queries: c.q, Exprs: c.exprs, Logger: cfg.Logger, River: c.river,
+		Pool: pool, Queries: c.q, Exprs: c.exprs, Logger: cfg.Logger, River: c.river, Telemetry: tel,
 		Queue: cfg.Queue, Schema: schema, KickRouter: func() { c.maint.KickRouter() },
 		Local: func(id string) (store.FunctionConfig, bool) {
 			if d, ok := c.funcs[id]; ok {
@@ -284,6 +327,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 		},
 		KickWaker: func(t time.Time) { c.maint.KickWaker(t) }, KickRouter: func() { c.maint.KickRouter() },
 		NoteAttempter: func(ctx context.Context, id string) error { return c.maint.NoteAttempter(ctx, id) },
+		Telemetry:     tel,
 	})
 	var crons []maintenance.Cron
 	for _, d := range c.funcs {
@@ -295,7 +339,9 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	}
 	c.maint = maintenance.New(maintenance.Config{
 		Pool: pool, Queries: c.q, Router: c.router, Logger: cfg.Logger,
-		WorkerID: c.workerID, Queue: cfg.Queue, RecoverAfter: cfg.RecoverAfter, Crons: crons,
+		WorkerID: c.workerID, Queue: cfg.Queue, RecoverAfter: cfg.RecoverAfter, Crons: crons, Telemetry: tel,
+		Retention: maintenance.Retention{Completed: cfg.Retention.Completed, Failed: cfg.Retention.Failed,
+			Cancelled: cfg.Retention.Cancelled, Events: cfg.Retention.Events, Interval: cfg.Retention.Interval},
 	})
 	return c, nil
 }

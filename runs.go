@@ -24,6 +24,8 @@ type Run struct {
 	EndedAt    *time.Time
 	// ParentRunID is the run whose "invoke" step started this one, if any.
 	ParentRunID string
+	// RerunOf is the run this one reruns (see [Client.Rerun]), if any.
+	RerunOf string
 }
 
 // RunStatus is the state of a run.
@@ -154,12 +156,23 @@ func scanRun(row pgx.Row) (*Run, error) {
 	r := &Run{}
 	var status string
 	var out []byte
-	if err := row.Scan(&r.ID, &r.FunctionID, &status, &r.EventIDs, &out, &r.Error, &r.CreatedAt, &r.StartedAt, &r.EndedAt, &r.ParentRunID); err != nil {
+	if err := row.Scan(runColumns(r, &status, &out)...); err != nil {
 		return nil, err
 	}
+	finishRun(r, status, out)
+	return r, nil
+}
+
+// runColumns are the scan targets of the run columns every run query
+// starts with (GetRun, RunsForEvent, ListRuns), in their order; finishRun
+// completes r once they are scanned.
+func runColumns(r *Run, status *string, out *[]byte) []any {
+	return []any{&r.ID, &r.FunctionID, status, &r.EventIDs, out, &r.Error, &r.CreatedAt, &r.StartedAt, &r.EndedAt, &r.ParentRunID, &r.RerunOf}
+}
+
+func finishRun(r *Run, status string, out []byte) {
 	r.Status = RunStatus(status)
 	if out != nil {
 		r.Output = json.RawMessage(out)
 	}
-	return r, nil
 }

@@ -51,6 +51,14 @@ type options struct {
 	// loaded schema, and the Send calls measured per schema.
 	OpenWaits       int
 	SendCostSamples int
+	// ListRuns is the number of runs section 7 fills its schema with.
+	ListRuns int
+	// PruneRuns, PruneWindow and PruneConcurrency size section 8: the
+	// ended runs loaded for the pruner, how long each latency window lasts,
+	// and the runs executing at once.
+	PruneRuns        int
+	PruneWindow      time.Duration
+	PruneConcurrency int
 	// LogOutput receives the library's warnings and errors.
 	LogOutput io.Writer
 }
@@ -65,7 +73,7 @@ func defaultOptions() options {
 		LatencyPause:     20 * time.Millisecond,
 		Senders:          16,
 		SendBatches:      []int{1, 20},
-		Phases:           "123456",
+		Phases:           "12345678",
 		BaselineCommits:  500,
 		BaselineWarmup:   50,
 		BaselineConns:    32,
@@ -78,6 +86,10 @@ func defaultOptions() options {
 		WaitSamples:      100,
 		OpenWaits:        10000,
 		SendCostSamples:  300,
+		ListRuns:         1_000_000,
+		PruneRuns:        1_000_000,
+		PruneWindow:      15 * time.Second,
+		PruneConcurrency: 8,
 	}
 }
 
@@ -88,7 +100,8 @@ func (o options) check() error {
 		"-latency-samples": o.LatencySamples, "-senders": o.Senders,
 		"-baseline-commits": o.BaselineCommits, "-max-workers": o.MaxWorkers, "-pool-conns": o.PoolConns,
 		"-river-batch": o.RiverBatch, "-wait-samples": o.WaitSamples, "-open-waits": o.OpenWaits,
-		"-send-cost-samples": o.SendCostSamples,
+		"-send-cost-samples": o.SendCostSamples, "-list-runs": o.ListRuns,
+		"-prune-runs": o.PruneRuns, "-prune-concurrency": o.PruneConcurrency,
 	} {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1 (got %d)", name, v))
@@ -102,8 +115,11 @@ func (o options) check() error {
 			errs = append(errs, fmt.Errorf("-send-batches: %d is not a batch size", b))
 		}
 	}
-	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "123456") != "" {
-		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 6, and 1 (the reference for the others) is required", o.Phases))
+	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "12345678") != "" {
+		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 8, and 1 (the reference for the others) is required", o.Phases))
+	}
+	if o.PruneWindow <= 0 {
+		errs = append(errs, errors.New("-prune-window must be positive"))
 	}
 	if o.RiverJobs < 0 {
 		errs = append(errs, fmt.Errorf("-river-jobs must not be negative (got %d)", o.RiverJobs))
@@ -274,6 +290,16 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	if strings.Contains(o.Phases, "6") {
 		if err := e.sendCost(ctx); err != nil {
 			return fmt.Errorf("section 6 (Send cost with open waits): %w", err)
+		}
+	}
+	if strings.Contains(o.Phases, "7") {
+		if err := e.listRuns(ctx, base); err != nil {
+			return fmt.Errorf("section 7 (ListRuns): %w", err)
+		}
+	}
+	if strings.Contains(o.Phases, "8") {
+		if err := e.pruneLatency(ctx, base); err != nil {
+			return fmt.Errorf("section 8 (per-step latency while pruning): %w", err)
 		}
 	}
 

@@ -32,17 +32,27 @@ func (e *env) startEngine(ctx context.Context, role string, fns ...durable.Funct
 // startEngineIn is startEngine on another schema (one migrated with
 // migrate.Up).
 func (e *env) startEngineIn(ctx context.Context, schema, role string, fns ...durable.Function) (*engine, error) {
+	return e.startEngineWith(ctx, schema, role, nil, fns...)
+}
+
+// startEngineWith is startEngineIn with the client's Config changed by
+// adjust (when not nil) before the client is built.
+func (e *env) startEngineWith(ctx context.Context, schema, role string, adjust func(*durable.Config), fns ...durable.Function) (*engine, error) {
 	tr := newTracer(schema)
 	pool, err := e.pool(ctx, role, int32(e.o.PoolConns), tr, e.o.EngineParams)
 	if err != nil {
 		return nil, err
 	}
-	client, err := durable.NewClient(pool, &durable.Config{
+	cfg := &durable.Config{
 		Functions:  fns,
 		Logger:     e.logger.With("phase", role),
 		MaxWorkers: e.o.MaxWorkers,
 		Schema:     schema,
-	})
+	}
+	if adjust != nil {
+		adjust(cfg)
+	}
+	client, err := durable.NewClient(pool, cfg)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("durable.NewClient: %w", err)

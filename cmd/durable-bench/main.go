@@ -7,8 +7,8 @@
 //
 // It finds Postgres the way the tests do (internal/testdb: TEST_DATABASE_URL,
 // DATABASE_URL, else the local server), creates a fresh schema named
-// bench_<random hex> with migrate.Up, runs six phases and drops the schema
-// (section 6 makes two more schemas of its own, and drops them):
+// bench_<random hex> with migrate.Up, runs eight phases and drops the schema
+// (sections 6 and 7 make schemas of their own, and drop them):
 //
 //  1. Machine limit, with no engine involved: the latency of a one-row
 //     autocommit INSERT on one connection (p50 and mean over 500 commits
@@ -48,6 +48,21 @@
 //     matches none (-send-cost-samples per schema, alternating), p50 ratio
 //     against a target of 2x; then a matching Send must consume exactly one
 //     wait and resume exactly one run.
+//  7. ListRuns: in a fresh schema filled with -list-runs runs (1,000,000 by
+//     default; one INSERT ... SELECT from generate_series, then VACUUM
+//     ANALYZE) of five functions, mixed statuses and 30 days of creation
+//     times, Client.ListRuns pages of 50 with no filter, by function, by
+//     status, both, by time range, all three, deep in through a cursor,
+//     and with an If; p50 and p99 over 50 calls each (and each query's
+//     EXPLAIN ANALYZE) against a target of p99 <= 50 ms.
+//  8. Per-step latency while pruning: -prune-runs ended runs (1,000,000 by
+//     default, three steps each, ended 40 days ago) loaded with SQL
+//     (generate_series), then -prune-concurrency runs executing at once,
+//     20 no-op steps each, each Step call a sample: p50 and p99 over
+//     -prune-window with no pruning, then over -prune-window while the
+//     retention pruner (as another process runs it, with the library's
+//     batches, statement timeout and pauses, on its own pool) deletes the
+//     backlog; p99 ratio against a target of 2x.
 //
 // Every engine phase builds its own client (MaxWorkers 100, RecoverAfter
 // default) on its own pgxpool (MaxConns 40), and reports what it cost,
@@ -107,7 +122,7 @@ func main() {
 		}
 		return nil
 	})
-	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 6 (1 is always needed)")
+	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 8 (1 is always needed)")
 	flag.Func("engine-param", "a session setting for the engine's pools, as name=value (repeatable; e.g. synchronous_commit=off)", func(s string) error {
 		k, v, ok := strings.Cut(s, "=")
 		if !ok || k == "" {
@@ -128,9 +143,13 @@ func main() {
 	flag.IntVar(&o.WaitSamples, "wait-samples", o.WaitSamples, "wait-resume phase: number of runs resumed one at a time")
 	flag.IntVar(&o.OpenWaits, "open-waits", o.OpenWaits, "Send-cost phase: open waits in the loaded schema")
 	flag.IntVar(&o.SendCostSamples, "send-cost-samples", o.SendCostSamples, "Send-cost phase: non-matching Send calls measured per schema")
+	flag.IntVar(&o.ListRuns, "list-runs", o.ListRuns, "ListRuns phase: runs the listed schema is filled with")
+	flag.IntVar(&o.PruneRuns, "prune-runs", o.PruneRuns, "pruning phase: ended runs (3 steps each) loaded for the pruner")
+	flag.DurationVar(&o.PruneWindow, "prune-window", o.PruneWindow, "pruning phase: length of each latency window (without, then with pruning)")
+	flag.IntVar(&o.PruneConcurrency, "prune-concurrency", o.PruneConcurrency, "pruning phase: runs executing at once")
 	flag.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the throughput phase to this file")
 	flag.BoolVar(&o.Statements, "statements", o.Statements, "print the statements behind each engine phase (from the pgx tracer)")
-	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	timeout := flag.Duration("timeout", 10*time.Minute, "give up after this long")
 	flag.Parse()
 	o.LogOutput = os.Stderr
 

@@ -37,6 +37,10 @@ func TestSmoke(t *testing.T) {
 	o.WaitSamples = 5
 	o.OpenWaits = 50
 	o.SendCostSamples = 10
+	o.ListRuns = 20000
+	o.PruneRuns = 20000
+	o.PruneWindow = 500 * time.Millisecond
+	o.PruneConcurrency = 2
 	var logs bytes.Buffer
 	o.LogOutput = &logs
 
@@ -69,6 +73,11 @@ func TestSmoke(t *testing.T) {
 		"ratio 50 vs 0 waits: p50",
 		"1 consumed",
 		"runs resumed: 1",
+		"== 7. ListRuns: pages of 50 among 20000 runs",
+		"page deep in (cursor after 10000 runs):",
+		"If matching 1 run (eval bound):",
+		"== 8. Per-step latency while pruning 20,000 ended runs",
+		"p99 while pruning / without:",
 		"== Summary ==",
 		"library log records at WARN or above: 0 (ERROR: 0)",
 	} {

@@ -29,6 +29,7 @@ import (
 	"github.com/pgdurable/durable/internal/failure"
 	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
+	"github.com/pgdurable/durable/internal/telemetry"
 )
 
 // Function is a function as the executor calls it.
@@ -66,6 +67,10 @@ type Config struct {
 	KickWaker     func(t time.Time)
 	KickRouter    func()
 	NoteAttempter func(ctx context.Context, id string) error
+
+	// Telemetry records spans and metrics of attempts and steps; nil for
+	// none.
+	Telemetry *telemetry.Telemetry
 }
 
 // Executor executes attempts of runs; River calls ExecuteRun through
@@ -83,13 +88,15 @@ type Executor struct {
 	abandonOnce sync.Once
 	active      sync.Map // run ID -> struct{}: attempts executing in this process
 	activeN     atomic.Int64
-	hooks       *Hooks // durabletest's, or nil
+	hooks       *Hooks               // durabletest's, or nil
+	tel         *telemetry.Telemetry // nil: no spans, no metrics
 }
 
 // New builds an Executor.
 func New(cfg Config) *Executor {
 	return &Executor{cfg: cfg, pool: cfg.Pool, q: cfg.Queries, router: cfg.Router, river: cfg.River,
-		logger: cfg.Logger, abandon: make(chan struct{}), hooks: hooksFor(cfg.Schema)}
+		logger: cfg.Logger, abandon: make(chan struct{}), hooks: hooksFor(cfg.Schema),
+		tel: cfg.Telemetry}
 }
 
 // SetStopping makes attempts hand their runs back at their next step

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pgdurable/durable/internal/failure"
 	"github.com/pgdurable/durable/internal/ids"
@@ -55,6 +56,7 @@ type loadedRun struct {
 	finishLate  *bool
 	ownerAlive  bool
 	logLines    int64
+	age         float64 // seconds since the run was created (queue wait, at the first claim)
 	steps       []stepRow
 }
 
@@ -91,6 +93,14 @@ type runState struct {
 	end        *outcome      // how the attempt ends, once decided (see exit)
 	hooks      []suspendHook // work the suspending transaction must do
 	trigger    store.Event
+	failedStep string // the last step whose final failure the function got (see runEnded)
+
+	// Telemetry and logs (telemetry.go): the attempt's span (nil without a
+	// TracerProvider), the run's status if this attempt ended it, and the
+	// error this attempt failed with.
+	span       trace.Span
+	endStatus  string
+	attemptErr error
 }
 
 // suspendHook is work a step needs done inside the transaction that
@@ -251,12 +261,18 @@ func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs
 			rs.callAttempt, retrying = s.Attempts, true
 		}
 	}
+	if e.tel != nil {
+		ctx = rs.beginAttempt(ctx, lr)
+	}
 	// Claim the run before the function runs: from here on it shows as
 	// running, and every write of this attempt is fenced on its owner token.
 	if err := rs.claim(ctx); err != nil {
-		return e.stopOutcome(ctx, err)
+		return rs.endAttempt(e.stopOutcome(ctx, err))
 	}
-	return rs.finish(ctx, rs.call(ctx, lr.events))
+	if e.tel != nil && lr.status == store.RunQueued {
+		rs.firstClaim(ctx, lr.age)
+	}
+	return rs.endAttempt(rs.finish(ctx, rs.call(ctx, lr.events)))
 }
 
 // claim makes this attempt the run's owner and the run running.
@@ -386,6 +402,7 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 		} else {
 			err := rs.commit(ctx, e.pool, commitParams{status: store.RunCompleted, release: true, output: res.out})
 			if err == nil {
+				rs.runEnded(ctx, store.RunCompleted, nil)
 				return done()
 			}
 			if !rs.permanent(err) {
@@ -410,6 +427,7 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 	if fail {
 		err := rs.commit(ctx, e.pool, commitParams{status: store.RunFailed, release: true, errText: &msg})
 		if err == nil {
+			rs.runEnded(ctx, store.RunFailed, res.err)
 			return done()
 		}
 		if rs.permanent(err) {
@@ -423,6 +441,7 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 	if !ok {
 		at = time.Now().Add(e.cfg.RetryBackoff(rs.fnAttempts))
 	}
+	rs.fnRetrying(ctx, res.err, at)
 	return rs.suspend(ctx, at, &msg)
 }
 
@@ -697,7 +716,7 @@ func (e *Executor) loadRun(ctx context.Context, runID string) (*loadedRun, error
 	var events, steps []byte
 	err := e.pool.QueryRow(ctx, e.q.LoadRun, runID, e.cfg.RecoverAfter.Seconds()).Scan(
 		&lr.functionID, &lr.status, &events, &lr.ownerWorker, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,
-		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &lr.logLines, &steps)
+		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &lr.logLines, &lr.age, &steps)
 	if err != nil {
 		return nil, err
 	}

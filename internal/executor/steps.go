@@ -106,6 +106,9 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 		case stepCompleted:
 			return row.Output, nil
 		case stepFailed:
+			rs.mu.Lock()
+			rs.noteFailedStep(key)
+			rs.mu.Unlock()
 			return nil, &failure.StepFailed{StepID: key, Attempts: row.Attempts, Message: failure.Message(store.Deref(row.Error))}
 		case stepRetrying:
 			if row.WakeAt != nil && time.Until(*row.WakeAt) > 0 {
@@ -138,6 +141,11 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 		return out, nil
 	}
 	sctx := context.WithValue(ctx, inStepKey{}, key)
+	var obs stepObs // telemetry of this executed attempt (telemetry.go)
+	if rs.e.tel != nil {
+		sctx = rs.beginStep(sctx, &obs, key, attempts+1)
+		defer rs.endStep(ctx, &obs)
+	}
 	var out json.RawMessage
 	var err error
 	if inTx != nil {
@@ -158,6 +166,7 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 	if err == nil {
 		return out, nil
 	}
+	obs.err = err
 	return nil, rs.stepFailed(ctx, key, seq, kind, attempts+1, err)
 }
 
@@ -231,8 +240,12 @@ func (rs *runState) stepFailed(ctx context.Context, key string, seq int, kind st
 	row, at := rs.failedAttempt(key, seq, kind, attempts, err)
 	rs.addPending(row)
 	if row.Status == stepFailed {
+		rs.mu.Lock()
+		rs.noteFailedStep(key)
+		rs.mu.Unlock()
 		return &failure.StepFailed{StepID: key, Attempts: attempts, Message: failure.Message(*row.Error)}
 	}
+	rs.stepRetrying(ctx, key, attempts, err, at)
 	rs.exit(suspendOutcome(at))
 	return nil // not reached
 }

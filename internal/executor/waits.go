@@ -27,6 +27,9 @@ func (rs *runState) waitingStep(ctx context.Context, key, kind string, check fun
 		case stepCompleted:
 			return row.Output, nil
 		case stepFailed:
+			rs.mu.Lock()
+			rs.noteFailedStep(key)
+			rs.mu.Unlock()
 			return nil, &failure.StepFailed{StepID: key, Attempts: max(row.Attempts, 1), Message: failure.Message(store.Deref(row.Error))}
 		case stepTimedOut:
 			return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, failure.ErrEventTimeout)
@@ -83,6 +86,9 @@ func (rs *runState) claimTimeout(ctx context.Context, key, kind string) (json.Ra
 	case stepTimedOut:
 		return nil, fmt.Errorf("durable: %s %q timed out: %w", kind, key, failure.ErrEventTimeout)
 	default:
+		rs.mu.Lock()
+		rs.noteFailedStep(key)
+		rs.mu.Unlock()
 		return nil, &failure.StepFailed{StepID: key, Attempts: max(attempts, 1), Message: failure.Message(store.Deref(errText))}
 	}
 }

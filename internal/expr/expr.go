@@ -2,9 +2,10 @@
 // filters, event matching and key derivation (idempotency, concurrency).
 //
 // Expressions see the variable `event` and, when compiled with
-// EventAndAsync, `async`. Both hold a JSON object in its decoded Go form
-// (map[string]any with keys such as id, name, data and ts, and values as
-// produced by encoding/json).
+// EventAndAsync, `async` (or, with EventAndOutput, `output`). They hold a
+// JSON object in its decoded Go form (map[string]any with keys such as id,
+// name, data and ts, and values as produced by encoding/json); `output`
+// holds any decoded JSON value (a run's result), null when there is none.
 //
 // Semantics beyond standard CEL:
 //
@@ -59,6 +60,9 @@ const (
 	// EventAndAsync allows `event` and `async` (the event being matched
 	// against a waiting step's triggering event).
 	EventAndAsync
+	// EventAndOutput allows `event` and `output` (a run's result, any
+	// JSON value), for filters over runs; evaluate with BoolOutput.
+	EventAndOutput
 )
 
 // String returns the name of the variable set.
@@ -68,6 +72,8 @@ func (v Vars) String() string {
 		return "EventOnly"
 	case EventAndAsync:
 		return "EventAndAsync"
+	case EventAndOutput:
+		return "EventAndOutput"
 	}
 	return "Vars(" + strconv.Itoa(int(v)) + ")"
 }
@@ -80,9 +86,9 @@ const costLimit = 1_000_000
 // prefix keeps it out of reach of expression authors.
 const hasFunction = "@durable_has"
 
-var envs = sync.OnceValues(func() ([2]*cel.Env, error) {
-	var out [2]*cel.Env
-	for _, v := range []Vars{EventOnly, EventAndAsync} {
+var envs = sync.OnceValues(func() ([3]*cel.Env, error) {
+	var out [3]*cel.Env
+	for _, v := range []Vars{EventOnly, EventAndAsync, EventAndOutput} {
 		e, err := newEnv(v)
 		if err != nil {
 			return out, fmt.Errorf("expr: building CEL environment: %w", err)
@@ -111,8 +117,11 @@ func newEnv(vars Vars) (*cel.Env, error) {
 		cel.Variable("event", cel.DynType),
 	}
 	opts = append(opts, equalityOptions()...)
-	if vars == EventAndAsync {
+	switch vars {
+	case EventAndAsync:
 		opts = append(opts, cel.Variable("async", cel.DynType))
+	case EventAndOutput:
+		opts = append(opts, cel.Variable("output", cel.DynType))
 	}
 	return cel.NewCustomEnv(opts...)
 }
@@ -172,7 +181,7 @@ type Program struct {
 // carry CEL's position information, e.g.
 // "ERROR: <input>:1:1: undeclared reference to 'async'".
 func Compile(src string, vars Vars) (*Program, error) {
-	if vars != EventOnly && vars != EventAndAsync {
+	if vars != EventOnly && vars != EventAndAsync && vars != EventAndOutput {
 		return nil, fmt.Errorf("expr: invalid variable set %v", vars)
 	}
 	all, err := envs()
@@ -218,7 +227,26 @@ func (p *Program) OutputIsBoolOrDyn() bool { return p.boolOrDyn }
 // this expected outcome from a real error with IsMissingField. async is
 // ignored for programs compiled with EventOnly.
 func (p *Program) Bool(event, async map[string]any) (bool, error) {
-	v, act, err := p.evalAct(event, async)
+	return p.boolOf(event, topLevel(async))
+}
+
+// BoolOutput is Bool for a program compiled with EventAndOutput: output
+// is a decoded JSON value of any kind (nil is null), as encoding/json
+// produces it.
+func (p *Program) BoolOutput(event map[string]any, output any) (bool, error) {
+	if m, ok := output.(map[string]any); ok {
+		return p.boolOf(event, topLevel(m))
+	}
+	if output == nil {
+		return p.boolOf(event, nullPath{})
+	}
+	return p.boolOf(event, output)
+}
+
+// boolOf evaluates to a boolean with second bound to the program's second
+// variable (async or output), if it has one.
+func (p *Program) boolOf(event map[string]any, second any) (bool, error) {
+	v, act, err := p.evalWith(event, second)
 	if err != nil {
 		return false, err
 	}
@@ -285,10 +313,11 @@ func (p *Program) String(event, async map[string]any) (string, error) {
 	return string(b), nil
 }
 
-// activation binds the expression variables for one evaluation.
+// activation binds the expression variables for one evaluation: event,
+// and second as `async` or `output` (per vars).
 type activation struct {
-	event, async any
-	withAsync    bool
+	event, second any
+	vars          Vars
 }
 
 // ResolveName implements interpreter.Activation.
@@ -297,8 +326,12 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	case "event":
 		return a.event, true
 	case "async":
-		if a.withAsync {
-			return a.async, true
+		if a.vars == EventAndAsync {
+			return a.second, true
+		}
+	case "output":
+		if a.vars == EventAndOutput {
+			return a.second, true
 		}
 	}
 	return nil, false
@@ -323,6 +356,12 @@ func (p *Program) eval(event, async map[string]any) (ref.Val, error) {
 // evalAct evaluates the program and also returns the activation used. An
 // error caused by a missing field is returned as a bare *MissingFieldError.
 func (p *Program) evalAct(event, async map[string]any) (out ref.Val, act *activation, err error) {
+	return p.evalWith(event, topLevel(async))
+}
+
+// evalWith is evalAct with the second variable already in its top-level
+// form (see topLevel).
+func (p *Program) evalWith(event map[string]any, second any) (out ref.Val, act *activation, err error) {
 	if p == nil || p.prg == nil {
 		return nil, nil, errors.New("expr: evaluating a nil Program")
 	}
@@ -331,10 +370,9 @@ func (p *Program) evalAct(event, async map[string]any) (out ref.Val, act *activa
 			out, act, err = nil, nil, fmt.Errorf("expr: evaluating %q: panic: %v", p.src, r)
 		}
 	}()
-	act = &activation{event: topLevel(event)}
-	if p.vars == EventAndAsync {
-		act.withAsync = true
-		act.async = topLevel(async)
+	act = &activation{event: topLevel(event), vars: p.vars}
+	if p.vars != EventOnly {
+		act.second = second
 	}
 	v, _, err := p.prg.Eval(act)
 	if err != nil {

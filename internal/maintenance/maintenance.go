@@ -1,8 +1,9 @@
 // Package maintenance runs the loops every executing process keeps up
 // beside River: heartbeats, recovery of runs left by dead processes,
 // Timeouts expiry, punctual wake-ups of suspended runs, routing of the
-// system events runs emit, and cron triggers. Services starts them all and
-// Stop stops every goroutine (and timer) it started.
+// system events runs emit, cron triggers, and retention (retention.go:
+// pruning what Config.Retention no longer keeps). Services starts them all
+// and Stop stops every goroutine (and timer) it started.
 package maintenance
 
 import (
@@ -23,6 +24,7 @@ import (
 
 	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
+	"github.com/pgdurable/durable/internal/telemetry"
 	"github.com/pgdurable/durable/riverjobs"
 )
 
@@ -43,6 +45,13 @@ type Config struct {
 	Queue        string
 	RecoverAfter time.Duration
 	Crons        []Cron
+	// Retention is what the retention loop keeps (see retention.go); its
+	// zero value never sweeps.
+	Retention Retention
+	// Telemetry, when it meters, gets the backlog gauges' values from a
+	// loop that reads them every BacklogEvery (default 15 s); nil for none.
+	Telemetry    *telemetry.Telemetry
+	BacklogEvery time.Duration
 }
 
 // Services are the maintenance loops of one client.
@@ -55,6 +64,7 @@ type Services struct {
 
 	wakeCh  chan time.Time
 	routeCh chan struct{}
+	pruner  *Pruner // nil when this process never sweeps
 
 	attMu     sync.Mutex
 	attempers map[string]bool // River client IDs whose heartbeat this process keeps (under attMu)
@@ -66,10 +76,18 @@ type Services struct {
 
 // New builds the services; Start starts them.
 func New(cfg Config) *Services {
-	return &Services{cfg: cfg, pool: cfg.Pool, q: cfg.Queries, router: cfg.Router, logger: cfg.Logger,
+	s := &Services{cfg: cfg, pool: cfg.Pool, q: cfg.Queries, router: cfg.Router, logger: cfg.Logger,
 		wakeCh: make(chan time.Time, 1), routeCh: make(chan struct{}, 1),
 		attempers: map[string]bool{cfg.WorkerID: true}}
+	if cfg.Retention.enabled() {
+		s.pruner = NewPruner(cfg.Pool, cfg.Queries, cfg.Logger, cfg.Retention)
+	}
+	return s
 }
+
+// Pruner returns the retention loop's pruner (nil when this process never
+// sweeps).
+func (s *Services) Pruner() *Pruner { return s.pruner }
 
 // Start registers this process's heartbeat and starts the loops, which run
 // until Stop (ctx's values are kept, its cancellation is not).
@@ -122,6 +140,12 @@ func (s *Services) start(ctx context.Context) {
 	s.loop(ctx, every, "heartbeat", s.heartbeat)
 	s.loop(ctx, every, "recovery", s.rescue)
 	s.loop(ctx, time.Second, "timeouts", s.expireRuns)
+	if s.pruner != nil {
+		s.loop(ctx, s.cfg.Retention.Interval, "retention", func(ctx context.Context) error {
+			_, _, err := s.pruner.Sweep(ctx)
+			return err
+		})
+	}
 	if jobs := s.cronJobs(); len(jobs) > 0 {
 		s.bgDone.Add(1)
 		go func() {
@@ -138,6 +162,13 @@ func (s *Services) start(ctx context.Context) {
 		defer s.bgDone.Done()
 		s.routeLoop(ctx)
 	}()
+	if s.cfg.Telemetry.Metering() {
+		s.bgDone.Add(1)
+		go func() {
+			defer s.bgDone.Done()
+			s.backlogLoop(ctx)
+		}()
+	}
 }
 
 // kickRouter asks the router to look for events to route now.
@@ -232,12 +263,14 @@ func (s *Services) heartbeat(ctx context.Context) error {
 // rescue hands jobs held by dead processes to live ones.
 func (s *Services) rescue(ctx context.Context) error {
 	var n, notified int
-	err := s.pool.QueryRow(ctx, s.q.Rescue, s.cfg.RecoverAfter.Seconds(), riverjobs.Kind, s.router.Channel()).Scan(&n, &notified)
+	var runIDs []string
+	err := s.pool.QueryRow(ctx, s.q.Rescue, s.cfg.RecoverAfter.Seconds(), riverjobs.Kind, s.router.Channel()).Scan(&n, &notified, &runIDs)
 	if err != nil {
 		return err
 	}
 	if n > 0 {
-		s.logger.InfoContext(ctx, "durable: recovered runs of dead workers", "count", n)
+		// run_ids lists at most 20 of them.
+		s.logger.InfoContext(ctx, "durable: recovered runs of dead workers", "count", n, "run_ids", runIDs)
 		s.KickWaker(time.Now())
 	}
 	if rand.IntN(100) == 0 {

@@ -30,6 +30,7 @@ import (
 	"github.com/pgdurable/durable/internal/ids"
 	"github.com/pgdurable/durable/internal/riverbridge"
 	"github.com/pgdurable/durable/internal/store"
+	"github.com/pgdurable/durable/internal/telemetry"
 	"github.com/pgdurable/durable/riverjobs"
 )
 
@@ -47,6 +48,9 @@ type Config struct {
 	Local func(functionID string) (store.FunctionConfig, bool)
 	// KickRouter asks the routing loop to route stored system events now.
 	KickRouter func()
+	// Telemetry stores the senders' trace context with events and counts
+	// cancelled runs; nil for none.
+	Telemetry *telemetry.Telemetry
 }
 
 // Router routes events and creates and cancels runs.
@@ -61,6 +65,7 @@ type Router struct {
 	payload    string // River's insert notification for the queue
 	local      func(string) (store.FunctionConfig, bool)
 	kickRouter func()
+	tel        *telemetry.Telemetry
 
 	notes     notifier
 	unmatched sync.Map // event names warned about (an event that started nothing)
@@ -72,7 +77,7 @@ func New(cfg Config) *Router {
 	return &Router{
 		pool: cfg.Pool, q: cfg.Queries, exprs: cfg.Exprs, logger: cfg.Logger, river: cfg.River,
 		queue: cfg.Queue, channel: riverbridge.InsertTopic(cfg.Schema), payload: riverbridge.InsertPayload(cfg.Queue),
-		local: cfg.Local, kickRouter: cfg.KickRouter,
+		local: cfg.Local, kickRouter: cfg.KickRouter, tel: cfg.Telemetry,
 	}
 }
 
@@ -191,6 +196,17 @@ func (rt *Router) Send(ctx context.Context, tx pgx.Tx, events []store.Event, not
 			uniq = append(uniq, e)
 		}
 	}
+	// The sender's trace context, stored with the events (and with the
+	// runs they start, whose spans link to it).
+	var traceJSON []byte
+	if rt.tel != nil {
+		if tc := rt.tel.TraceContext(ctx); tc != nil {
+			traceJSON, _ = json.Marshal(tc)
+			for i := range uniq {
+				uniq[i].Trace = tc
+			}
+		}
+	}
 	idsArr := make([]string, len(uniq))
 	names := make([]string, len(uniq))
 	datas := make([]json.RawMessage, len(uniq))
@@ -202,7 +218,7 @@ func (rt *Router) Send(ctx context.Context, tx pgx.Tx, events []store.Event, not
 	// Waits being registered for these names see these events or are seen
 	// by them (see registerWait).
 	b.Queue(rt.q.LockEventNameShared, names)
-	b.Queue(rt.q.InsertEvents, idsArr, names, datas, tss)
+	b.Queue(rt.q.InsertEvents, idsArr, names, datas, tss, traceJSON)
 	rt.queueMatches(b, uniq)
 	br := tx.SendBatch(ctx, b)
 	fresh, byName, waits, err := func() (map[string]bool, map[string][]trigger, [][]waitCand, error) {
@@ -314,6 +330,7 @@ func (rt *Router) deliver(ctx context.Context, tx pgx.Tx, e store.Event, cands [
 		return nil
 	}
 	evMap := e.AsMap()
+	e.Trace = nil // a waiting step's output is the event as functions see it
 	// Newest runs first: a child run is newer than its parent, and a
 	// child's end locks the child, then the parent; ending both here in
 	// the same order cannot deadlock with it.
@@ -521,6 +538,7 @@ type waitRows struct {
 }
 
 func (w *waitRows) add(rt *Router, runID, kind string, step *string, name, ifExpr string, runEvent store.Event, expires *time.Time) {
+	runEvent.Trace = nil // conditions see the event without it
 	ev, _ := json.Marshal(runEvent)
 	path, value := rt.indexKey(ifExpr, runEvent)
 	w.runIDs, w.kinds, w.steps, w.names, w.ifs = append(w.runIDs, runID), append(w.kinds, kind), append(w.steps, step), append(w.names, name), append(w.ifs, ifExpr)
@@ -570,6 +588,9 @@ func (rt *Router) Invoke(ctx context.Context, tx pgx.Tx, functionID string, ev s
 	}
 	if cfg.System {
 		return "", failure.ReservedFunction(functionID)
+	}
+	if rt.tel != nil && ev.Trace == nil {
+		ev.Trace = rt.tel.TraceContext(ctx) // the invoker's: the run's spans link to it
 	}
 	ids, err := rt.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []store.Event{ev}, parentRunID: parentRun, parentStep: parentStep}}, notifyInTx)
 	if err != nil {
@@ -633,7 +654,8 @@ func (rt *Router) EvalWait(src string, event, async map[string]any) (bool, error
 func (rt *Router) CancelRun(ctx context.Context, tx pgx.Tx, runID, reason string) (bool, error) {
 	var jobID *int64
 	var events int
-	err := tx.QueryRow(ctx, rt.q.CancelRun, runID, reason, rt.channel).Scan(&jobID, &events)
+	var functionID string
+	err := tx.QueryRow(ctx, rt.q.CancelRun, runID, reason, rt.channel).Scan(&jobID, &events, &functionID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
@@ -642,6 +664,11 @@ func (rt *Router) CancelRun(ctx context.Context, tx pgx.Tx, runID, reason string
 	}
 	if events > 0 {
 		rt.kickRouter()
+	}
+	if rt.tel != nil {
+		// Counted when the cancelling statement succeeds (the rare caller
+		// that then rolls back is counted all the same).
+		rt.tel.RunEnded(ctx, functionID, store.RunCancelled)
 	}
 	if jobID != nil {
 		if _, err := rt.river.JobCancelTx(ctx, tx, *jobID); err != nil && !errors.Is(err, pgx.ErrNoRows) && !errors.Is(err, river.ErrNotFound) {

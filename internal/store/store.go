@@ -56,7 +56,12 @@ type Queries struct {
 	// upkeep.sql
 	Heartbeat, DeleteWorker, PruneWorkers, ClaimCronTick, SetCronTickRun string
 	// river.sql: River's ground (see internal/riverbridge)
-	InsertRuns, NotifyInsert, CancelRun, Rescue, Wake, Commit, ExpiredRuns string
+	InsertRuns, NotifyInsert, CancelRun, Rescue, Wake, Commit, ExpiredRuns, Backlog string
+	// retention.sql
+	RetentionLock, RetentionUnlock, RetentionTimeout, PruneRuns, PruneEvents,
+	PruneIdempotencyKeys, PruneCronTicks string
+	// list.sql
+	ListRuns, ListFunctionRuns, RerunSource, MarkRerun, CopyRerunSteps string
 }
 
 // Load reads the SQL files and renders them for schema.

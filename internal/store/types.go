@@ -12,6 +12,18 @@ type Event struct {
 	Name string          `json:"name"`
 	Data json.RawMessage `json:"data"`
 	TS   time.Time       `json:"ts"`
+	// Trace is the trace context of the ctx the event was sent (or the run
+	// invoked) with, when the sender traces: stored in durable_event.trace
+	// and in the events of the runs it starts, whose spans link to it. It
+	// is never part of what functions or expressions see.
+	Trace *TraceContext `json:"trace,omitempty"`
+}
+
+// TraceContext is a W3C trace context (https://www.w3.org/TR/trace-context/),
+// as the OpenTelemetry propagation API writes it.
+type TraceContext struct {
+	Parent string `json:"traceparent"`
+	State  string `json:"tracestate,omitempty"`
 }
 
 // AsMap returns the event as CEL sees it.

@@ -42,7 +42,11 @@ CREATE TABLE {{schema}}.durable_event (
     ts          timestamptz NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
     routed      boolean NOT NULL DEFAULT true,
-    xid         xid8 NOT NULL DEFAULT pg_current_xact_id()
+    xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    -- The sender's W3C trace context ({"traceparent": ..., "tracestate": ...})
+    -- when its client traces (Config.TracerProvider); the runs it starts
+    -- keep it in their events and their spans link to it.
+    trace       jsonb
 );
 CREATE INDEX durable_event_unrouted_idx ON {{schema}}.durable_event (received_at) WHERE NOT routed;
 CREATE INDEX durable_event_name_received_idx ON {{schema}}.durable_event (name, received_at);
@@ -69,6 +73,8 @@ CREATE TABLE {{schema}}.durable_run (
     error           text,
     parent_run_id   text,
     parent_step     text,
+    -- The run this one reruns (Client.Rerun), if any.
+    rerun_of        text,
     start_deadline  timestamptz,
     finish_timeout  interval,
     finish_deadline timestamptz,
@@ -81,7 +87,8 @@ CREATE TABLE {{schema}}.durable_run (
     updated_at      timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80); -- room on each page for the hot path's HOT updates
 CREATE INDEX durable_run_event_id_idx ON {{schema}}.durable_run (event_id);
-CREATE INDEX durable_run_function_created_idx ON {{schema}}.durable_run (function_id, created_at);
+-- (The indexes that list runs newest first, by function or not, are at
+-- the end of this file.)
 CREATE INDEX durable_run_parent_idx ON {{schema}}.durable_run (parent_run_id) WHERE parent_run_id IS NOT NULL;
 -- No index predicate mentions status: updating status must stay a HOT
 -- update (the hot path updates the run row at every attempt).
@@ -268,7 +275,8 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
-    data := jsonb_build_object('function_id', r.function_id, 'run_id', p_run_id, 'event', r.events -> 0);
+    -- (The event's trace context, kept in the run's events, is not data.)
+    data := jsonb_build_object('function_id', r.function_id, 'run_id', p_run_id, 'event', (r.events -> 0) - 'trace');
     IF p_status = 'completed' THEN
         data := data || jsonb_build_object('result', coalesce(p_output, 'null'::jsonb));
     ELSE
@@ -318,3 +326,38 @@ BEGIN
     RETURN n;
 END;
 $$;
+
+-- Listing runs (Client.ListRuns, store/sql/list.sql): newest first, a page
+-- at a time, by keyset on (created_at, id), with or without a function.
+-- CancelCandidates reads the function's index backwards. Neither index
+-- holds status, and no predicate mentions it (status changes must stay
+-- HOT updates): a status filter is applied while scanning, bounded. The
+-- cost: one index entry more per run created (durable_run_created_idx);
+-- no column of either ever changes.
+CREATE INDEX durable_run_created_idx ON {{schema}}.durable_run (created_at DESC, id DESC);
+CREATE INDEX durable_run_function_created_idx ON {{schema}}.durable_run (function_id, created_at DESC, id DESC);
+
+-- Retention (Config.Retention; internal/maintenance/retention.go, queries
+-- in store/sql/retention.sql): every sweep reads index ranges in key
+-- order, a bounded page at a time, never a sequential scan.
+--
+-- Ended runs by (ended_at, id). The cost, paid once per run: the update
+-- that ends a run (Commit, CancelRun) sets ended_at, which this index
+-- holds, so it is no longer a HOT update: it writes a new entry in each of
+-- durable_run's indexes (instead of none) and leaves dead ones for vacuum.
+-- Every update before the end (claims, suspensions, hand-backs) leaves
+-- ended_at NULL and stays HOT-eligible, and a step's commit does not update
+-- the run at all. The predicate keeps live runs out of the index. status
+-- is not in it (nor in its predicate): the claim's queued -> running
+-- change stays HOT.
+CREATE INDEX durable_run_ended_idx ON {{schema}}.durable_run (ended_at, id)
+    WHERE ended_at IS NOT NULL;
+-- Events by (received_at, id): one more index entry per event stored (an
+-- event's received_at changes only when a resent ID is accepted again,
+-- which durable_event_name_received_idx already makes a non-HOT update).
+CREATE INDEX durable_event_received_idx ON {{schema}}.durable_event (received_at, id);
+-- Idempotency keys by expiry: one entry per key claimed (a claim of an
+-- expired key rewrites expires_at: rare, once a day per key at most).
+CREATE INDEX durable_idempotency_expires_idx ON {{schema}}.durable_idempotency (expires_at);
+-- Cron ticks by time (written once per tick).
+CREATE INDEX durable_cron_tick_tick_idx ON {{schema}}.durable_cron_tick (tick);

@@ -4,12 +4,13 @@
 
 -- name: InsertEvents
 -- An event ID seen in the last 24 hours is a duplicate: the conflict makes
--- the row invisible to RETURNING, so only new events fan out to runs.
-INSERT INTO {{schema}}.durable_event (id, name, data, ts)
-SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])
+-- the row invisible to RETURNING, so only new events fan out to runs. $5 is
+-- the trace context of the sender (one per call, NULL when not traced).
+INSERT INTO {{schema}}.durable_event (id, name, data, ts, trace)
+SELECT u.*, $5::jsonb FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[]) AS u
 ON CONFLICT (id) DO UPDATE
     SET name = excluded.name, data = excluded.data, ts = excluded.ts, received_at = now(),
-        xid = pg_current_xact_id(), routed = true
+        xid = pg_current_xact_id(), routed = true, trace = excluded.trace
     WHERE durable_event.received_at < now() - interval '24 hours'
 RETURNING id;
 

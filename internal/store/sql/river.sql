@@ -37,9 +37,9 @@ WITH r AS (
     SET status = 'cancelled', error = $2, ended_at = now(), updated_at = now(), owner_worker = NULL, owner_token = NULL, wake_at = NULL,
         start_deadline = NULL, finish_deadline = NULL
     WHERE id = $1 AND status IN ('queued', 'running')
-    RETURNING id, job_id
+    RETURNING id, job_id, function_id
 )
-SELECT r.job_id, {{schema}}.durable_end_run(r.id, 'cancelled', NULL, $2, $3) FROM r;
+SELECT r.job_id, {{schema}}.durable_end_run(r.id, 'cancelled', NULL, $2, $3), r.function_id FROM r;
 
 -- name: Rescue
 -- Jobs left running by a process whose heartbeat stopped more than
@@ -64,12 +64,14 @@ WITH dead AS (
 ), upd AS (
     UPDATE {{schema}}.river_job j SET state = 'available', scheduled_at = now()
     FROM dead WHERE j.id = dead.id
-    RETURNING j.id, j.queue
+    RETURNING j.id, j.queue, j.args ->> 'run_id' AS run_id
 ), n AS (
     SELECT pg_notify($3, json_build_object('queue', q.queue)::text)
     FROM (SELECT DISTINCT queue FROM upd) q
 )
-SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n);
+-- The count, and (for the log) the IDs of at most 20 of the runs.
+SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n),
+    coalesce((SELECT array_agg(u.run_id ORDER BY u.run_id) FROM (SELECT run_id FROM upd LIMIT 20) u), '{}');
 
 -- name: Wake
 -- Makes scheduled jobs that are due available and tells the producers
@@ -172,3 +174,30 @@ WHERE status IN ('queued', 'running')
         AND NOT EXISTS (SELECT 1 FROM {{schema}}.river_job j WHERE j.id = job_id AND j.state = 'running'))
        OR finish_deadline < now())
 LIMIT $1;
+
+-- name: Backlog
+-- Runs created and not started yet (status queued), per registered
+-- function (0 for none), with the age in seconds of the oldest: the
+-- backlog gauges, read every 15 s by one maintenance loop per process.
+-- The runs are found through their River jobs in the queue $1, on index
+-- ranges only: River's fetch index for available, running and retryable
+-- jobs, the scheduled-jobs index for those due within a minute (as the
+-- job of a run that a process without its function put back is); never
+-- by scanning durable_run, whose status is indexed nowhere (status
+-- updates must stay HOT). Read-only on River's table.
+WITH j AS (
+    SELECT args FROM {{schema}}.river_job
+    WHERE state IN ('available', 'running', 'retryable') AND queue = $1
+    UNION ALL
+    SELECT args FROM {{schema}}.river_job
+    WHERE state = 'scheduled' AND queue = $1 AND scheduled_at < now() + interval '1 minute'
+), b AS (
+    SELECT r.function_id, r.created_at
+    FROM j JOIN {{schema}}.durable_run r ON r.id = j.args ->> 'run_id'
+    WHERE r.status = 'queued'
+)
+SELECT f.id, count(b.function_id), coalesce(extract(epoch FROM now() - min(b.created_at)), 0)::float8
+FROM {{schema}}.durable_function f
+LEFT JOIN b ON b.function_id = f.id
+GROUP BY f.id
+ORDER BY f.id;

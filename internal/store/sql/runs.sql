@@ -6,7 +6,7 @@
 SELECT r.function_id, r.status, r.events, r.owner_worker, r.epoch, r.fn_attempts, r.wake_at, r.error,
     r.start_deadline < now() AS start_expired, r.finish_deadline < now() AS finish_expired,
     coalesce(w.heartbeat_at > now() - make_interval(secs => $2::float8), false) AS owner_alive,
-    r.log_lines,
+    r.log_lines, extract(epoch FROM now() - r.created_at)::float8 AS age,
     coalesce((
         SELECT json_agg(json_build_object(
             'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
@@ -78,7 +78,7 @@ SELECT 1 FROM (SELECT $1::jsonb) AS x;
 
 -- name: GetRun
 SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
-    coalesce(parent_run_id, '')
+    coalesce(parent_run_id, ''), coalesce(rerun_of, '')
 FROM {{schema}}.durable_run WHERE id = $1;
 
 -- name: GetSteps
@@ -87,7 +87,7 @@ FROM {{schema}}.durable_step WHERE run_id = $1 ORDER BY seq;
 
 -- name: RunsForEvent
 SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
-    coalesce(parent_run_id, '')
+    coalesce(parent_run_id, ''), coalesce(rerun_of, '')
 FROM {{schema}}.durable_run WHERE event_id = $1 ORDER BY created_at, id;
 
 -- name: RunExists
