@@ -2,7 +2,6 @@ package durable
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 	"github.com/pgdurable/durable/internal/ids"
 	"github.com/pgdurable/durable/internal/maintenance"
 	"github.com/pgdurable/durable/internal/pgident"
+	"github.com/pgdurable/durable/internal/riverbridge"
 	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
 	"github.com/pgdurable/durable/internal/telemetry"
@@ -280,7 +280,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	riverCfg := &river.Config{
 		ID:                   c.workerID,
 		Schema:               schema,
-		Logger:               slog.New(levelFilter{min: slog.LevelWarn, h: cfg.Logger.Handler()}),
+		Logger:               riverbridge.QuietLogger(cfg.Logger),
 		FetchCooldown:        2 * time.Millisecond,
 		FetchPollInterval:    time.Second,
 		JobTimeout:           -1,
@@ -520,35 +520,15 @@ func (c *Client) register(ctx context.Context) error {
 }
 
 func (c *Client) registerFunctions(ctx context.Context) error {
-	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		for _, d := range c.funcs {
-			cfg, err := json.Marshal(d.config())
-			if err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, c.q.UpsertFunction, d.opts.ID, d.opts.Name, d.retries(), cfg); err != nil {
-				return fmt.Errorf("durable: registering function %q: %w", d.opts.ID, err)
-			}
-			if _, err := tx.Exec(ctx, c.q.DeleteTriggers, d.opts.ID); err != nil {
-				return fmt.Errorf("durable: registering function %q: %w", d.opts.ID, err)
-			}
-			var idx []int32
-			var names, ifs, crons []string
-			for i, t := range d.opts.Triggers {
-				idx = append(idx, int32(i))
-				names = append(names, t.Event)
-				ifs = append(ifs, t.If)
-				crons = append(crons, t.Cron)
-			}
-			if len(idx) == 0 {
-				continue
-			}
-			if _, err := tx.Exec(ctx, c.q.InsertTriggers, d.opts.ID, idx, names, ifs, crons); err != nil {
-				return fmt.Errorf("durable: registering triggers of %q: %w", d.opts.ID, err)
-			}
+	fns := make([]store.FunctionRecord, 0, len(c.funcs))
+	for _, d := range c.funcs {
+		r := store.FunctionRecord{ID: d.opts.ID, Name: d.opts.Name, Retries: d.retries(), Config: d.config()}
+		for _, t := range d.opts.Triggers {
+			r.Triggers = append(r.Triggers, store.TriggerRecord{Event: t.Event, If: t.If, Cron: t.Cron})
 		}
-		return nil
-	})
+		fns = append(fns, r)
+	}
+	return c.q.RegisterFunctions(ctx, c.pool, fns)
 }
 
 func (d *funcDef) retries() int {
@@ -564,22 +544,4 @@ func workerID() string {
 		host = host[:40]
 	}
 	return fmt.Sprintf("%s_%d_%s", host, os.Getpid(), ids.New()[16:])
-}
-
-// levelFilter drops records below min, to keep River's info logs out of the
-// user's logs.
-type levelFilter struct {
-	min slog.Level
-	h   slog.Handler
-}
-
-func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= f.min && f.h.Enabled(ctx, l)
-}
-func (f levelFilter) Handle(ctx context.Context, r slog.Record) error { return f.h.Handle(ctx, r) }
-func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
-	return levelFilter{min: f.min, h: f.h.WithAttrs(a)}
-}
-func (f levelFilter) WithGroup(n string) slog.Handler {
-	return levelFilter{min: f.min, h: f.h.WithGroup(n)}
 }

@@ -2,20 +2,17 @@ package durable
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/router"
+	"github.com/pgdurable/durable/internal/runlist"
 	"github.com/pgdurable/durable/internal/store"
 )
 
@@ -88,71 +85,35 @@ type RunPage struct {
 // [RunStatus] values, an If that does not compile and a malformed Cursor
 // are errors naming the field.
 func (c *Client) ListRuns(ctx context.Context, filter RunFilter) (*RunPage, error) {
-	l, err := c.newLister(filter)
+	l, err := newLister(filter)
 	if err != nil {
 		return nil, err
 	}
-	page, err := l.page(ctx)
+	rows, next, err := l.Page(ctx, c.pool, c.q)
 	if err != nil {
 		return nil, fmt.Errorf("durable: ListRuns: %w", c.explain(err))
+	}
+	page := &RunPage{Runs: make([]*Run, len(rows)), Next: next}
+	for i, r := range rows {
+		page.Runs[i] = publicRun(r)
 	}
 	return page, nil
 }
 
-// runKey is a run's position in the listing order.
-type runKey struct {
-	createdAt time.Time
-	id        string
-}
-
-// cursorVersion is the first byte of a cursor: the layout that follows
-// is the position's creation time (microseconds since the Unix epoch, as
-// Postgres stores it, big-endian) and the run ID.
-const cursorVersion = 1
-
-func encodeCursor(k runKey) string {
-	b := make([]byte, 9, 9+len(k.id))
-	b[0] = cursorVersion
-	binary.BigEndian.PutUint64(b[1:], uint64(k.createdAt.UnixMicro()))
-	return base64.RawURLEncoding.EncodeToString(append(b, k.id...))
-}
-
-var errMalformedCursor = errors.New("durable: RunFilter.Cursor is malformed (pass RunPage.Next as it is)")
-
-func decodeCursor(s string) (runKey, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 10 || b[0] != cursorVersion || !utf8.Valid(b[9:]) {
-		return runKey{}, errMalformedCursor
-	}
-	return runKey{time.UnixMicro(int64(binary.BigEndian.Uint64(b[1:9]))), string(b[9:])}, nil
-}
-
-// lister is one ListRuns call, validated.
-type lister struct {
-	c        *Client
-	filter   RunFilter
-	statuses []string
-	limit    int
-	after    *time.Time
-	upper    *runKey // exclusive; nil: from the newest run
-	cond     *expr.Program
-	// What If reads (a word in its source: never wrong when it says no).
-	condEvent, condOutput bool
-}
-
-func (c *Client) newLister(f RunFilter) (*lister, error) {
-	l := &lister{c: c, filter: f, limit: f.Limit, statuses: []string{}}
+// newLister validates a filter into a listing.
+func newLister(f RunFilter) (*runlist.Query, error) {
+	l := &runlist.Query{FunctionID: f.FunctionID, Limit: f.Limit, Statuses: []string{}, ScanLimit: ListScanLimit, EvalLimit: ListEvalLimit}
 	var errs []error
 	switch {
 	case f.Limit == 0:
-		l.limit = DefaultListLimit
+		l.Limit = DefaultListLimit
 	case f.Limit < 0 || f.Limit > MaxListLimit:
 		errs = append(errs, fmt.Errorf("durable: RunFilter.Limit %d: want 1 to %d (0 means %d)", f.Limit, MaxListLimit, DefaultListLimit))
 	}
 	for i, s := range f.Status {
 		switch s {
 		case RunQueued, RunRunning, RunCompleted, RunFailed, RunCancelled:
-			l.statuses = append(l.statuses, string(s))
+			l.Statuses = append(l.Statuses, string(s))
 		default:
 			errs = append(errs, fmt.Errorf("durable: RunFilter.Status[%d]: %q is not a run status", i, s))
 		}
@@ -167,151 +128,29 @@ func (c *Client) newLister(f RunFilter) (*lister, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("durable: RunFilter.If %q: %w", f.If, err))
 		}
-		l.cond = p
-		l.condEvent, l.condOutput = strings.Contains(f.If, "event"), strings.Contains(f.If, "output")
+		l.Cond = p
+		l.CondEvent, l.CondOutput = strings.Contains(f.If, "event"), strings.Contains(f.If, "output")
 	}
 	if !f.CreatedAfter.IsZero() {
 		t := f.CreatedAfter
-		l.after = &t
+		l.After = &t
 	}
 	if !f.CreatedBefore.IsZero() {
 		// (CreatedBefore, "") precedes every run created at that time.
-		l.upper = &runKey{createdAt: f.CreatedBefore.Truncate(time.Microsecond)}
+		l.Upper = &runlist.Key{CreatedAt: f.CreatedBefore.Truncate(time.Microsecond)}
 	}
 	if f.Cursor != "" {
-		k, err := decodeCursor(f.Cursor)
+		k, err := runlist.DecodeCursor(f.Cursor)
 		if err != nil {
 			errs = append(errs, err)
-		} else if l.upper == nil || k.createdAt.Before(l.upper.createdAt) {
-			l.upper = &k
+		} else if l.Upper == nil || k.CreatedAt.Before(l.Upper.CreatedAt) {
+			l.Upper = &k
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return l, nil
-}
-
-// page reads runs in index order, a bounded scan at a time, until it has
-// one more match than the page holds (so that Next is set only when a run
-// follows), the runs in range are exhausted, ListScanLimit runs were
-// examined or If was evaluated ListEvalLimit times. Without If, the first
-// query settles it (the status filter is applied by the query); with If,
-// each query brings a batch of runs that match Status (twice as many as
-// the last), for the filter to sift.
-func (l *lister) page(ctx context.Context) (*RunPage, error) {
-	sql, fn := l.c.q.ListRuns, ""
-	if l.filter.FunctionID != "" {
-		sql, fn = l.c.q.ListFunctionRuns, l.filter.FunctionID
-	}
-	runs := make([]*Run, 0, min(l.limit+1, 64)) // empty, not nil, when none matches
-	scanLeft, evalLeft := ListScanLimit, ListEvalLimit
-	upper := l.upper
-	chunk := max(2*(l.limit+1), 100)
-	for {
-		want := l.limit + 1 - len(runs)
-		if l.cond != nil {
-			want = min(chunk, scanLeft, evalLeft)
-			chunk *= 2
-		}
-		args := pgx.NamedArgs{
-			"function_id": fn, "statuses": l.statuses, "after": l.after,
-			"upper_ts": nil, "upper_id": "", "scan": scanLeft, "rows": want, "with_event": l.condEvent,
-		}
-		if upper != nil {
-			args["upper_ts"], args["upper_id"] = upper.createdAt, upper.id
-		}
-		// The unnamed statement gets a plan for these values: the time
-		// range and the function's share of runs choose the index.
-		rows, err := l.c.pool.Query(ctx, sql, pgx.QueryExecModeCacheDescribe, args)
-		if err != nil {
-			return nil, err
-		}
-		var (
-			n, rn int
-			last  runKey // the last run examined
-			stop  bool   // a page's worth found, or If's budget used up, at last
-		)
-		// A run is read in two passes: what every run examined needs (its
-		// position, and what If reads), then the rest for a run kept.
-		var (
-			id        string
-			createdAt time.Time
-			out, ev   []byte
-			ok        bool
-		)
-		probe := []any{&id, nil, nil, nil, &out, nil, &createdAt, nil, nil, nil, nil, &ev, &ok, &rn}
-		for !stop && rows.Next() {
-			if err := rows.Scan(probe...); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			n++
-			last = runKey{createdAt, id}
-			if !ok {
-				continue // the scan's last run, returned to say where it stopped
-			}
-			if l.cond != nil {
-				evalLeft--
-				stop = evalLeft == 0
-				if !l.match(ev, out) {
-					continue
-				}
-			}
-			r := &Run{}
-			var status string
-			if err := rows.Scan(append(runColumns(r, &status, &out), nil, nil, nil)...); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			finishRun(r, status, out)
-			runs = append(runs, r)
-			stop = stop || len(runs) > l.limit
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-		switch {
-		case len(runs) > l.limit:
-			k := runs[l.limit-1]
-			return &RunPage{Runs: runs[:l.limit], Next: encodeCursor(runKey{k.CreatedAt, k.ID})}, nil
-		case stop || n > 0 && rn == scanLeft:
-			// If's budget, or the scan's, is used up at the last run
-			// examined.
-			return &RunPage{Runs: runs, Next: encodeCursor(last)}, nil
-		case n < want:
-			return &RunPage{Runs: runs}, nil // no run left in range
-		}
-		scanLeft -= rn
-		upper = &last
-	}
-}
-
-// match evaluates If over a run's first trigger event and its output; a
-// run on which it fails (a missing field, a type error) does not match.
-func (l *lister) match(event, output []byte) bool {
-	var ev map[string]any
-	if l.condEvent {
-		// The event as expressions see it everywhere (store.Event.AsMap),
-		// decoded in one pass.
-		if err := json.Unmarshal(event, &ev); err != nil {
-			return false
-		}
-		if s, ok := ev["ts"].(string); ok {
-			if ts, err := time.Parse(time.RFC3339Nano, s); err == nil {
-				ev["ts"] = ts.UTC().Format(time.RFC3339Nano)
-			}
-		}
-	}
-	var out any
-	if l.condOutput && output != nil {
-		if err := json.Unmarshal(output, &out); err != nil {
-			return false
-		}
-	}
-	ok, err := l.cond.BoolOutput(ev, out)
-	return err == nil && ok
 }
 
 // RerunOpts configures [Client.Rerun].

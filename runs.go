@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgdurable/durable/internal/runlist"
 )
 
 // Run is one execution of one function for one trigger.
@@ -153,26 +155,19 @@ func (c *Client) Cancel(ctx context.Context, runID string) error {
 }
 
 func scanRun(row pgx.Row) (*Run, error) {
-	r := &Run{}
-	var status string
-	var out []byte
-	if err := row.Scan(runColumns(r, &status, &out)...); err != nil {
+	var r runlist.Run
+	if err := row.Scan(runlist.Columns(&r)...); err != nil {
 		return nil, err
 	}
-	finishRun(r, status, out)
-	return r, nil
+	return publicRun(&r), nil
 }
 
-// runColumns are the scan targets of the run columns every run query
-// starts with (GetRun, RunsForEvent, ListRuns), in their order; finishRun
-// completes r once they are scanned.
-func runColumns(r *Run, status *string, out *[]byte) []any {
-	return []any{&r.ID, &r.FunctionID, status, &r.EventIDs, out, &r.Error, &r.CreatedAt, &r.StartedAt, &r.EndedAt, &r.ParentRunID, &r.RerunOf}
-}
-
-func finishRun(r *Run, status string, out []byte) {
-	r.Status = RunStatus(status)
-	if out != nil {
-		r.Output = json.RawMessage(out)
+// publicRun is a stored run as the runs API shows it.
+func publicRun(r *runlist.Run) *Run {
+	out := &Run{ID: r.ID, FunctionID: r.FunctionID, Status: RunStatus(r.Status), EventIDs: r.EventIDs, Error: r.Error,
+		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, EndedAt: r.EndedAt, ParentRunID: r.ParentRunID, RerunOf: r.RerunOf}
+	if r.Output != nil {
+		out.Output = json.RawMessage(r.Output)
 	}
+	return out
 }

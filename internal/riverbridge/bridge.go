@@ -23,7 +23,9 @@
 package riverbridge
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -191,4 +193,27 @@ func RecordMigrationSQL(schema string, version int) string {
 // quote quotes an identifier as River does (dbutil.SafeIdentifier).
 func quote(ident string) string {
 	return `"` + strings.ReplaceAll(ident, `"`, `""`) + `"`
+}
+
+// QuietLogger is the logger River gets: the client's, at Warn and above
+// only, to keep River's Info logs out of the user's.
+func QuietLogger(l *slog.Logger) *slog.Logger {
+	return slog.New(levelFilter{min: slog.LevelWarn, h: l.Handler()})
+}
+
+// levelFilter drops records below min.
+type levelFilter struct {
+	min slog.Level
+	h   slog.Handler
+}
+
+func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= f.min && f.h.Enabled(ctx, l)
+}
+func (f levelFilter) Handle(ctx context.Context, r slog.Record) error { return f.h.Handle(ctx, r) }
+func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelFilter{min: f.min, h: f.h.WithAttrs(a)}
+}
+func (f levelFilter) WithGroup(n string) slog.Handler {
+	return levelFilter{min: f.min, h: f.h.WithGroup(n)}
 }

@@ -2,10 +2,13 @@ package router
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/store"
 )
 
@@ -57,4 +60,66 @@ func (rt *Router) Rerun(ctx context.Context, tx pgx.Tx, a RerunArgs) (string, er
 		}
 	}
 	return runID, nil
+}
+
+// CancelMany cancels the live runs of functionID created in (after,
+// before) (nil: unbounded) whose trigger event matches cond (nil: all),
+// and returns how many it cancelled. hook, for tests, is called with the
+// size of each batch of candidates.
+func (rt *Router) CancelMany(ctx context.Context, functionID string, after, before *time.Time, cond *expr.Program, batch int, hook *func(int)) (int, error) {
+	// The candidates a batch at a time, keyed on (created_at, id): memory
+	// and each query stay bounded however many runs match, and a run the
+	// filter rejects is read once, not again by every later batch. Each
+	// run is cancelled in its own transaction, as by Cancel.
+	afterAt, afterID := time.Time{}, "" // before every run
+	n := 0
+	for {
+		rows, err := rt.pool.Query(ctx, rt.q.CancelCandidates, functionID, after, before, afterAt, afterID, batch)
+		if err != nil {
+			return n, err
+		}
+		type cand struct {
+			id string
+			ev []byte
+			at time.Time
+		}
+		cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
+			var k cand
+			err := row.Scan(&k.id, &k.ev, &k.at)
+			return k, err
+		})
+		if err != nil {
+			return n, err
+		}
+		if hook != nil && *hook != nil {
+			(*hook)(len(cands))
+		}
+		for _, k := range cands {
+			if cond != nil {
+				var ev store.Event
+				if json.Unmarshal(k.ev, &ev) != nil {
+					continue
+				}
+				if ok, err := cond.Bool(ev.AsMap(), nil); err != nil || !ok {
+					continue
+				}
+			}
+			var cancelled bool
+			err := pgx.BeginFunc(ctx, rt.pool, func(tx pgx.Tx) (err error) {
+				cancelled, err = rt.CancelRun(ctx, tx, k.id, "cancelled")
+				return err
+			})
+			if err != nil {
+				return n, err
+			}
+			if cancelled {
+				n++
+			}
+		}
+		if len(cands) < batch {
+			return n, nil
+		}
+		last := cands[len(cands)-1]
+		afterAt, afterID = last.at, last.id
+	}
 }
