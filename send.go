@@ -80,7 +80,7 @@ const runJobMaxAttempts = 1000
 func (c *Client) Invoke(ctx context.Context, functionID string, data any) (string, error) {
 	var runID string
 	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) (err error) {
-		runID, err = c.invokeTx(ctx, tx, functionID, data, "", "")
+		runID, err = c.router.Invoke(ctx, tx, functionID, data, c.cfg.MaxEventSize, "", "")
 		return err
 	})
 	if err != nil {
@@ -88,15 +88,4 @@ func (c *Client) Invoke(ctx context.Context, functionID string, data any) (strin
 	}
 	c.router.NotifyProducers(ctx)
 	return runID, nil
-}
-
-// invokeTx starts a run of functionID in tx with data as its
-// "durable/function.invoked" event, as the child of parentRun's step
-// parentStep when they are set (then the producers are told in tx).
-func (c *Client) invokeTx(ctx context.Context, tx pgx.Tx, functionID string, data any, parentRun, parentStep string) (string, error) {
-	ev, err := prepareEvent(Event{Name: EventFunctionInvoked, Data: data}, 0, c.cfg.MaxEventSize)
-	if err != nil {
-		return "", err
-	}
-	return c.router.Invoke(ctx, tx, functionID, ev, parentRun, parentStep, parentRun != "")
 }

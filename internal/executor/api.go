@@ -254,16 +254,6 @@ func SendEvent(ctx context.Context, id string, prepare func(maxEventSize int) ([
 	return key, raw, err
 }
 
-// invokeChild creates the run of function invoked by the step stepKey of
-// parentRun, in the suspending transaction.
-func (e *Executor) invokeChild(ctx context.Context, tx pgx.Tx, function string, data any, parentRun, stepKey string) (string, error) {
-	ev, err := router.PrepareEvent("", store.EventFunctionInvoked, data, time.Time{}, 0, e.cfg.MaxEventSize)
-	if err != nil {
-		return "", err
-	}
-	return e.router.Invoke(ctx, tx, function, ev, parentRun, stepKey, true)
-}
-
 // checkFilter compiles a boolean filter expression.
 func checkFilter(c *expr.Cache, src string, vars expr.Vars) error {
 	p, err := c.Compile(src, vars)

@@ -137,7 +137,7 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 	}
 	if out, ok := rs.e.hooks.stub(key); ok {
 		// durabletest stubbed this step: its result, without running it.
-		rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: attempts + 1, Output: out})
+		rs.completed(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: attempts + 1, Output: out})
 		return out, nil
 	}
 	sctx := context.WithValue(ctx, inStepKey{}, key)
@@ -149,17 +149,14 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 	var out json.RawMessage
 	var err error
 	if inTx != nil {
-		out, err = rs.runTx(sctx, key, kind, seq, inTx)
+		out, err = rs.runTx(sctx, key, kind, seq, attempts+1, inTx)
 	} else {
 		out, err = protect(func() (json.RawMessage, error) { return plain(sctx) })
 		if err == nil {
 			err = rs.checkOutput(key, out)
 		}
 		if err == nil {
-			rs.addPending(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: attempts + 1, Output: out})
-			rs.mu.Lock()
-			rs.stateBytes += len(out)
-			rs.mu.Unlock()
+			rs.completed(&stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: attempts + 1, Output: out})
 			return out, nil
 		}
 	}
@@ -174,7 +171,7 @@ func (rs *runState) step(ctx context.Context, key, kind string,
 // step's row and the fence commit together. An error of fn is the step's;
 // a failure of the step's own commit is the step's when Postgres refuses
 // the data, and ends the attempt when it is transient.
-func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn func(context.Context, pgx.Tx) (json.RawMessage, error)) (json.RawMessage, error) {
+func (rs *runState) runTx(ctx context.Context, key, kind string, seq, attempt int, fn func(context.Context, pgx.Tx) (json.RawMessage, error)) (json.RawMessage, error) {
 	tx, err := rs.e.pool.Begin(ctx)
 	if err != nil {
 		rs.stop(ctx, fmt.Errorf("durable: step %q: begin: %w", key, err))
@@ -188,11 +185,8 @@ func (rs *runState) runTx(ctx context.Context, key, kind string, seq int, fn fun
 	if err := rs.checkOutput(key, out); err != nil {
 		return nil, err
 	}
-	row := &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: 1, Output: out}
+	row := &stepRow{Key: key, Seq: seq, Kind: kind, Status: stepCompleted, Attempts: attempt, Output: out}
 	rs.mu.Lock()
-	if prev := rs.memo[key]; prev != nil {
-		row.Attempts = prev.Attempts + 1
-	}
 	rs.pending = append(rs.pending, row)
 	rs.mu.Unlock()
 	res, err := rs.commitIn(ctx, tx, commitParams{status: store.RunRunning})
@@ -304,6 +298,15 @@ func (rs *runState) newSeq() int {
 	s := rs.nextSeq
 	rs.nextSeq++
 	return s
+}
+
+// completed records a plain step's result, to be committed at the next
+// boundary, and counts it in the run's state.
+func (rs *runState) completed(row *stepRow) {
+	rs.addPending(row)
+	rs.mu.Lock()
+	rs.stateBytes += len(row.Output)
+	rs.mu.Unlock()
 }
 
 func (rs *runState) addPending(row *stepRow) {

@@ -104,7 +104,7 @@ func (rs *runState) setMemo(row *stepRow) {
 
 // startChild creates the invoked run, in the suspending transaction.
 func (rs *runState) startChild(ctx context.Context, tx pgx.Tx, row *stepRow, function string, data any) error {
-	id, err := rs.e.invokeChild(ctx, tx, function, data, rs.runID, row.Key)
+	id, err := rs.e.router.Invoke(ctx, tx, function, data, rs.e.cfg.MaxEventSize, rs.runID, row.Key)
 	if err != nil {
 		err = fmt.Errorf("durable: invoke %q of %q: could not start the run: %w", row.Key, function, err)
 		var pg *pgconn.PgError

@@ -578,10 +578,16 @@ func (rt *Router) indexKey(ifExpr string, runEvent store.Event) (*string, *strin
 	return &eq.Path, &key
 }
 
-// Invoke starts a run of functionID in tx, with data as its
-// "durable/function.invoked" event, as the child of parentRun's step
-// parentStep when they are set.
-func (rt *Router) Invoke(ctx context.Context, tx pgx.Tx, functionID string, ev store.Event, parentRun, parentStep string, notifyInTx bool) (string, error) {
+// Invoke starts a run of functionID in tx, with data (at most
+// maxEventSize bytes of JSON) as its "durable/function.invoked" event, as
+// the child of parentRun's step parentStep when they are set (then the
+// producers are told in tx; else the caller calls NotifyProducers after
+// committing).
+func (rt *Router) Invoke(ctx context.Context, tx pgx.Tx, functionID string, data any, maxEventSize int, parentRun, parentStep string) (string, error) {
+	ev, err := PrepareEvent("", store.EventFunctionInvoked, data, time.Time{}, 0, maxEventSize)
+	if err != nil {
+		return "", err
+	}
 	cfg, err := rt.FunctionConfig(ctx, tx, functionID)
 	if err != nil {
 		return "", err
@@ -592,7 +598,7 @@ func (rt *Router) Invoke(ctx context.Context, tx pgx.Tx, functionID string, ev s
 	if rt.tel != nil && ev.Trace == nil {
 		ev.Trace = rt.tel.TraceContext(ctx) // the invoker's: the run's spans link to it
 	}
-	ids, err := rt.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []store.Event{ev}, parentRunID: parentRun, parentStep: parentStep}}, notifyInTx)
+	ids, err := rt.insertRuns(ctx, tx, []pendingRun{{functionID: functionID, cfg: cfg, events: []store.Event{ev}, parentRunID: parentRun, parentStep: parentStep}}, parentRun != "")
 	if err != nil {
 		return "", err
 	}
