@@ -120,14 +120,6 @@ func (s *Services) Stop(ctx context.Context) error {
 	return nil
 }
 
-// Heartbeat records that this process (and the River clients it works
-// for) is alive.
-func (s *Services) Heartbeat(ctx context.Context) error {
-	return s.heartbeat(ctx)
-}
-
-// ExpireRuns runs one sweep of the Timeouts loop.
-func (s *Services) ExpireRuns(ctx context.Context) error { return s.expireRuns(ctx) }
 
 // CronBackoff is the delay before retrying a cron tick that failed fails
 // times in a row.
@@ -137,9 +129,9 @@ func CronBackoff(fails int) time.Duration { return cronBackoff(fails) }
 // recovery of runs left by dead processes, and punctual wake-ups.
 func (s *Services) start(ctx context.Context) {
 	every := s.cfg.RecoverAfter / 5
-	s.loop(ctx, every, "heartbeat", s.heartbeat)
+	s.loop(ctx, every, "heartbeat", s.Heartbeat)
 	s.loop(ctx, every, "recovery", s.rescue)
-	s.loop(ctx, time.Second, "timeouts", s.expireRuns)
+	s.loop(ctx, time.Second, "timeouts", s.ExpireRuns)
 	if s.pruner != nil {
 		s.loop(ctx, s.cfg.Retention.Interval, "retention", func(ctx context.Context) error {
 			_, _, err := s.pruner.Sweep(ctx)
@@ -254,7 +246,9 @@ func (s *Services) heartbeatIDs() []string {
 	return out
 }
 
-func (s *Services) heartbeat(ctx context.Context) error {
+// Heartbeat records that this process (and the River clients it works
+// for) is alive.
+func (s *Services) Heartbeat(ctx context.Context) error {
 	host, _ := os.Hostname()
 	_, err := s.pool.Exec(ctx, s.q.Heartbeat, s.heartbeatIDs(), host, os.Getpid())
 	return err
@@ -281,8 +275,8 @@ func (s *Services) rescue(ctx context.Context) error {
 	return err
 }
 
-// expireRuns cancels runs past their Timeouts.Start or Timeouts.Finish.
-func (s *Services) expireRuns(ctx context.Context) error {
+// ExpireRuns cancels runs past their Timeouts.Start or Timeouts.Finish.
+func (s *Services) ExpireRuns(ctx context.Context) error {
 	// Batch after batch until a short one: a backlog (a burst of runs
 	// nobody started in time) is cleared in this sweep, not a batch a
 	// second, and no query reads more than a batch.
