@@ -120,7 +120,6 @@ func (s *Services) Stop(ctx context.Context) error {
 	return nil
 }
 
-
 // CronBackoff is the delay before retrying a cron tick that failed fails
 // times in a row.
 func CronBackoff(fails int) time.Duration { return cronBackoff(fails) }
