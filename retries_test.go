@@ -44,6 +44,15 @@ func TestStepRetriesThenSucceeds(t *testing.T) {
 	require.Len(t, run.Steps, 1)
 	require.Equal(t, 3, run.Steps[0].Attempts)
 	require.Equal(t, []int{0, 1, 2}, attempts, "Input.Attempt is the attempt of the step being executed")
+	// Each failed attempt is kept, with its error, for the run's timeline.
+	require.Len(t, run.Steps[0].Failures, 2)
+	for i, f := range run.Steps[0].Failures {
+		require.Equal(t, i+1, f.Attempt)
+		require.Contains(t, f.Error, "not yet")
+		require.False(t, f.At.IsZero())
+	}
+	require.Empty(t, run.Steps[0].Error, "a completed step shows no error")
+	require.False(t, run.Steps[0].FirstRecorded.After(run.Steps[0].LastRecorded))
 }
 
 func TestStepExhaustedReturnsStepErrorForFallback(t *testing.T) {

@@ -57,6 +57,26 @@ type RunStep struct {
 	Error    string
 	// ChildRunID is the run an "invoke" step started.
 	ChildRunID string
+	// FirstRecorded is when the step was first recorded: for a sleep, a
+	// wait or an invoke, when it began; for a Step, when its first attempt
+	// ended (it ran since the step before it).
+	FirstRecorded time.Time
+	// LastRecorded is when the step was last written (its end, once it has
+	// ended).
+	LastRecorded time.Time
+	// WakeAt is a sleeping, waiting or retrying step's deadline: when the
+	// sleep ends, the wait times out, or the next attempt is due.
+	WakeAt *time.Time
+	// Failures lists every failed attempt, oldest first (Error holds the
+	// last one's message).
+	Failures []StepFailure
+}
+
+// StepFailure is one failed attempt of a step.
+type StepFailure struct {
+	Attempt int       `json:"attempt"` // 1-based
+	Error   string    `json:"error"`
+	At      time.Time `json:"at"`
 }
 
 // GetRun returns a run with its steps, or an error wrapping
@@ -74,9 +94,14 @@ func (c *Client) GetRun(ctx context.Context, runID string) (*Run, error) {
 		return nil, fmt.Errorf("durable: GetRun: %w", err)
 	}
 	var s RunStep
-	var out []byte
-	_, err = pgx.ForEachRow(rows, []any{&s.ID, &s.Kind, &s.Status, &s.Attempts, &out, &s.Error, &s.ChildRunID}, func() error {
+	var out, failures []byte
+	_, err = pgx.ForEachRow(rows, []any{&s.ID, &s.Kind, &s.Status, &s.Attempts, &out, &s.Error, &s.ChildRunID,
+		&s.FirstRecorded, &s.LastRecorded, &s.WakeAt, &failures}, func() error {
 		step := s
+		step.Failures = nil
+		if err := json.Unmarshal(failures, &step.Failures); err != nil {
+			return fmt.Errorf("step %q failures: %w", s.ID, err)
+		}
 		if out != nil {
 			step.Output = json.RawMessage(append([]byte(nil), out...))
 		}

@@ -110,6 +110,9 @@ CREATE TABLE {{schema}}.durable_step (
     error        text,
     wake_at      timestamptz,
     child_run_id text,
+    -- Every failed attempt, oldest first: [{"attempt", "error", "at"}]
+    -- (error holds only the last), for the run browser's timeline.
+    failures     jsonb,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, key)

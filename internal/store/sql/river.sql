@@ -145,13 +145,15 @@ WITH r AS (
       AND durable_step.key <> ALL(@keys::text[])
     RETURNING 1
 ), s AS (
-    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
-    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child
+    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id, failures)
+    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child,
+        CASE WHEN u.status IN ('retrying', 'failed') THEN jsonb_build_array(jsonb_build_object('attempt', u.attempts, 'error', u.error, 'at', now())) END
     FROM r, unnest(@keys::text[], @seqs::int[], @kinds::text[], @statuses::text[], @attempts::int[], @outputs::jsonb[], @errors::text[], @wakes::timestamptz[], @children::text[])
         AS u(key, seq, kind, status, attempts, output, error, wake_at, child)
     ON CONFLICT (run_id, key) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts, output = excluded.output,
         error = excluded.error, wake_at = excluded.wake_at, child_run_id = coalesce(excluded.child_run_id, st.child_run_id),
+        failures = CASE WHEN excluded.failures IS NULL THEN st.failures ELSE coalesce(st.failures, '[]') || excluded.failures END,
         updated_at = now()
     RETURNING 1
 ), j AS (

@@ -31,14 +31,16 @@ WHERE id = $1 AND epoch = $3 AND status IN ('queued', 'running');
 -- name: CommitStep
 -- CommitSteps for the usual single step, with scalar parameters and no
 -- CTE (cheaper to plan): no row comes back when the fence fails.
-INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
-SELECT r.id, @key, @seq, @kind, @status, @attempts, @output, @error, @wake_at, @child
+INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id, failures)
+SELECT r.id, @key, @seq, @kind, @status, @attempts, @output, @error, @wake_at, @child,
+    CASE WHEN @status IN ('retrying', 'failed') THEN jsonb_build_array(jsonb_build_object('attempt', @attempts::int, 'error', @error::text, 'at', now())) END
 FROM {{schema}}.durable_run r
 WHERE r.id = @run_id AND r.owner_worker = @owner_worker AND r.owner_token = @owner_token AND r.status = 'running'
 FOR SHARE
 ON CONFLICT (run_id, key) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = excluded.error, wake_at = excluded.wake_at, child_run_id = coalesce(excluded.child_run_id, st.child_run_id),
+        failures = CASE WHEN excluded.failures IS NULL THEN st.failures ELSE coalesce(st.failures, '[]') || excluded.failures END,
     updated_at = now()
 RETURNING 1, 1;
 
@@ -53,13 +55,15 @@ WITH r AS (
     WHERE id = @run_id AND owner_worker = @owner_worker AND owner_token = @owner_token AND status = 'running'
     FOR SHARE
 ), s AS (
-    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
-    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child
+    INSERT INTO {{schema}}.durable_step AS st (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id, failures)
+    SELECT r.id, u.key, u.seq, u.kind, u.status, u.attempts, u.output, u.error, u.wake_at, u.child,
+        CASE WHEN u.status IN ('retrying', 'failed') THEN jsonb_build_array(jsonb_build_object('attempt', u.attempts, 'error', u.error, 'at', now())) END
     FROM r, unnest(@keys::text[], @seqs::int[], @kinds::text[], @statuses::text[], @attempts::int[], @outputs::jsonb[], @errors::text[], @wakes::timestamptz[], @children::text[])
         AS u(key, seq, kind, status, attempts, output, error, wake_at, child)
     ON CONFLICT (run_id, key) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts, output = excluded.output,
         error = excluded.error, wake_at = excluded.wake_at, child_run_id = coalesce(excluded.child_run_id, st.child_run_id),
+        failures = CASE WHEN excluded.failures IS NULL THEN st.failures ELSE coalesce(st.failures, '[]') || excluded.failures END,
         updated_at = now()
     RETURNING 1
 )
@@ -82,7 +86,8 @@ SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_
 FROM {{schema}}.durable_run WHERE id = $1;
 
 -- name: GetSteps
-SELECT key, kind, status, attempts, output, coalesce(error, ''), coalesce(child_run_id, '')
+SELECT key, kind, status, attempts, output, coalesce(error, ''), coalesce(child_run_id, ''),
+    created_at, updated_at, wake_at, coalesce(failures, '[]')
 FROM {{schema}}.durable_step WHERE run_id = $1 ORDER BY seq;
 
 -- name: RunsForEvent
