@@ -263,7 +263,10 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 				errs = append(errs, fmt.Errorf("durable: two functions have the ID %q", d.opts.ID))
 				continue
 			}
-			d.exec = &executor.Function{ID: d.opts.ID, Retries: d.retries(), Call: d.call}
+			d.exec = &executor.Function{ID: d.opts.ID, Retries: d.retries(), Call: d.call, Flow: d.config()}
+			if cp := d.opts.Checkpointing; cp != nil {
+				d.exec.BufferedSteps, d.exec.MaxInterval, d.exec.MaxRuntime = cp.BufferedSteps, cp.MaxInterval, cp.MaxRuntime
+			}
 			c.funcs[d.opts.ID] = d
 		}
 	}

@@ -37,8 +37,8 @@ type FunctionOpts struct {
 	// the number of times the function is retried from the top after
 	// returning an error. nil means 4; Ptr(0) means none.
 	Retries *int
-	// Concurrency limits how many runs execute at once. At most 2.
-	// Not supported yet: NewClient rejects it.
+	// Concurrency limits how many attempts execute at once, across every
+	// process sharing the database. At most 2 (a run must fit both).
 	Concurrency []Concurrency
 	// Idempotency is a CEL expression over `event`; one run per distinct
 	// value per 24 hours, across processes (decided in the transaction that
@@ -53,6 +53,18 @@ type FunctionOpts struct {
 	// its retries are exhausted, as a durable function of its own (it may
 	// use steps). Its function ID is this ID + "/on-failure".
 	OnFailure func(ctx context.Context, in Input[FailureData]) error
+
+	// Flow control (see flow.go): runs over a limit wait or are recorded
+	// as skipped, never silently dropped.
+	Throttle  *Throttle
+	RateLimit *RateLimit
+	Debounce  *Debounce
+	Batch     *Batch
+	Priority  *Priority
+	Singleton *Singleton
+	// Checkpointing trades the durability of plain steps for fewer
+	// commits, and bounds an attempt's runtime. nil: every step commits.
+	Checkpointing *Checkpointing
 }
 
 // FailureData is what an OnFailure handler receives about the failed run.
@@ -91,10 +103,16 @@ func failureHandler(d *funcDef) *funcDef {
 	return fd
 }
 
-// Concurrency limits the runs of a function that execute at once.
+// Concurrency limits the attempts of a function that execute at once,
+// across every process sharing the database. Sleeping, waiting and
+// backing-off runs hold no slot (they take one again to resume). Over the
+// limit, work waits (FIFO per key, oldest run first, Priority applied);
+// nothing is dropped. A process that dies holding slots gives them back
+// within Config.RecoverAfter.
 type Concurrency struct {
-	Limit int    // max runs of this function executing at once (sleeping/waiting runs do not count)
-	Key   string // optional CEL expression over `event`; the limit applies per distinct key
+	Limit int              // attempts executing at once (sleeping, waiting, backing-off runs do not count)
+	Key   string           // optional CEL over `event`; the limit applies per distinct value
+	Scope ConcurrencyScope // "" or ScopeFunction: per function; ScopeShared: shared by every function whose Key yields the same value
 }
 
 // CancelOn names an event that cancels a run.
@@ -211,5 +229,6 @@ func (d *funcDef) config() funcConfig {
 	for _, c := range d.opts.CancelOn {
 		cfg.CancelOn = append(cfg.CancelOn, store.CancelOnConfig{Event: c.Event, If: c.If, TimeoutMS: c.Timeout.Milliseconds()})
 	}
+	d.flowConfig(&cfg)
 	return cfg
 }

@@ -150,9 +150,6 @@ func TestNewClientValidation(t *testing.T) {
 			[]string{`does not evaluate to a bool`}},
 		{"too many triggers", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f",
 			Triggers: make([]durable.Trigger, 11)}, noop)}, []string{"11 triggers, at most 10"}},
-		{"not supported yet", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f",
-			Concurrency: []durable.Concurrency{{Limit: 1}}}, noop)},
-			[]string{"Concurrency: not supported yet"}},
 		{"bad cancel", []durable.Function{durable.NewFunction(durable.FunctionOpts{ID: "f",
 			CancelOn: []durable.CancelOn{{Event: "x", If: "async.data.id =="}, {}, {Event: "a"}, {Event: "a"}, {Event: "a"}, {Event: "a"}}}, noop)},
 			[]string{"6 CancelOn entries, at most 5", "CancelOn[0].If", "CancelOn[1].Event is required"}},
@@ -175,10 +172,6 @@ func TestNewClientValidation(t *testing.T) {
 	_, err = durable.NewClient(b.pool, &durable.Config{Schema: b.schema, Functions: []durable.Function{
 		durable.NewFunction(durable.FunctionOpts{ID: "ok"}, noop)}})
 	require.NoError(t, err)
-	var nsErr error
-	_, nsErr = durable.NewClient(b.pool, &durable.Config{Schema: b.schema, Functions: []durable.Function{
-		durable.NewFunction(durable.FunctionOpts{ID: "f", Concurrency: []durable.Concurrency{{Limit: 2}}}, noop)}})
-	require.ErrorIs(t, nsErr, durable.ErrNotSupported)
 }
 
 func TestRunStateLimit(t *testing.T) {

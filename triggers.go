@@ -64,9 +64,7 @@ func (c *Client) checkFunction(d *funcDef) error {
 	if o.Retries != nil && *o.Retries < 0 {
 		errs = append(errs, fmt.Errorf("durable: %s: Retries must not be negative", where))
 	}
-	if len(o.Concurrency) > 0 {
-		errs = append(errs, fmt.Errorf("durable: %s: Concurrency: %w", where, ErrNotSupported))
-	}
+	errs = append(errs, c.checkFlow(where, o)...)
 	if o.Idempotency != "" {
 		if _, err := c.exprs.Compile(o.Idempotency, expr.EventOnly); err != nil {
 			errs = append(errs, fmt.Errorf("durable: %s: Idempotency: %w", where, err))

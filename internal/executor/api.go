@@ -41,6 +41,13 @@ type Function struct {
 	// must fail the run without a function-level retry is a
 	// *failure.FailsRun or carries failure.NonRetriable.
 	Call func(ctx context.Context, events []store.Event, runID string, attempt int) (json.RawMessage, error)
+	// Flow is the function's flow control: Concurrency, Throttle and
+	// Priority are applied when an attempt starts (gate.go); Debounce and
+	// Batch make its runs collect events until they start.
+	Flow store.FunctionConfig
+	// BufferedSteps, MaxInterval and MaxRuntime are its Checkpointing.
+	BufferedSteps           int
+	MaxInterval, MaxRuntime time.Duration
 }
 
 // Config is what an Executor needs.

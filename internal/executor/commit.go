@@ -75,7 +75,7 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 		RunID: rs.runID, Owner: newOwner, Epoch: epoch, Status: p.status, Output: p.output, Error: p.errText,
 		FnAttempts: rs.fnAttempts, WakeAt: p.wakeAt, Steps: pending,
 		JobID: rs.jobID, CompleteJob: p.completeJob, NewJobID: p.newJobID,
-		Channel: rs.e.router.Channel(), LogLines: max(rs.logBefore, rs.logN.Load()),
+		Channel: rs.e.router.Channel(), LogLines: max(rs.logBefore, rs.logN.Load()), Gated: rs.gated,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("durable: recording run %s: %w", rs.runID, err)

@@ -70,6 +70,10 @@ type runState struct {
 	owner      store.Owner // this attempt's, written by its claim
 	epoch      int64       // the run's fencing version the next full write must find
 	claimed    bool        // this attempt's owner token is in the run row
+	gated      bool        // this attempt passed flow-control gates: its end gives its slots back
+	began      time.Time   // when the attempt started (Checkpointing.MaxRuntime)
+	handoff    bool        // the attempt ran past MaxRuntime: the run continues in a new attempt, through River
+	lastFlush  time.Time   // the last commit of buffered steps (Checkpointing.MaxInterval)
 	fnAttempts int
 	lastErr    *string
 
@@ -266,13 +270,33 @@ func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs
 	}
 	// Claim the run before the function runs: from here on it shows as
 	// running, and every write of this attempt is fenced on its owner token.
-	if err := rs.claim(ctx); err != nil {
+	events := lr.events
+	if def.Flow.Gated() {
+		err = rs.admitAndClaim(ctx, lr.status)
+		if errors.Is(err, errParked) {
+			return rs.endAttempt(done())
+		}
+	} else {
+		err = rs.claim(ctx)
+	}
+	if err != nil {
 		return rs.endAttempt(e.stopOutcome(ctx, err))
 	}
+	if def.Flow.Debounce != nil || def.Flow.Batch != nil {
+		// Events may have joined the run between its load and its claim,
+		// which closed the collection.
+		if events, err = rs.claimedEvents(ctx); err != nil {
+			return rs.endAttempt(rs.stopAttempt(ctx, e.stopOutcome(ctx, err)))
+		}
+		if len(events) > 0 {
+			rs.trigger = events[0]
+		}
+	}
+	rs.began, rs.lastFlush = time.Now(), time.Now()
 	if e.tel != nil && lr.status == store.RunQueued {
 		rs.firstClaim(ctx, lr.age)
 	}
-	return rs.endAttempt(rs.finish(ctx, rs.call(ctx, lr.events)))
+	return rs.endAttempt(rs.finish(ctx, rs.call(ctx, events)))
 }
 
 // claim makes this attempt the run's owner and the run running.
@@ -547,7 +571,7 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	hooks := rs.hooks
 	rs.hooks = nil
 	rs.mu.Unlock()
-	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.e.stopping.Load() && !rs.hasWaiting() {
+	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.handoff && !rs.e.stopping.Load() && !rs.hasWaiting() {
 		if err := rs.commit(ctx, rs.e.pool, p); err != nil {
 			return rs.afterFailedSuspend(ctx, err)
 		}

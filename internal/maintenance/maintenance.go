@@ -266,6 +266,15 @@ func (s *Services) rescue(ctx context.Context) error {
 		s.logger.InfoContext(ctx, "durable: recovered runs of dead workers", "count", n, "run_ids", runIDs)
 		s.KickWaker(time.Now())
 	}
+	// Concurrency slots of dead processes (and lapsed reservations) go to
+	// the runs waiting at their gates; a promotion that was missed is made.
+	var promoted int
+	if err := s.pool.QueryRow(ctx, s.q.ReapSlots, s.router.Channel()).Scan(&promoted); err != nil {
+		return err
+	}
+	if promoted > 0 {
+		s.logger.DebugContext(ctx, "durable: runs waiting at flow-control gates given slots that lapsed", "count", promoted)
+	}
 	if rand.IntN(100) == 0 {
 		if _, err = s.pool.Exec(ctx, s.q.PruneWorkers); err == nil {
 			_, err = s.pool.Exec(ctx, s.q.PruneFunctionWorkers)

@@ -95,6 +95,9 @@ type CommitArgs struct {
 	NewJobID    *int64
 	Channel     string // River's insert topic, for the parent a run's end wakes
 	LogLines    int64
+	// Gated: the run passes flow-control gates; a suspension or hand-back
+	// gives its concurrency slots back.
+	Gated bool
 }
 
 // CommitResult is what a full write did.
@@ -117,11 +120,12 @@ func (q *Queries) CommitIn(ctx context.Context, db Row, a CommitArgs) (CommitRes
 		"run_id": a.RunID, "owner_worker": worker, "owner_token": token, "epoch": a.Epoch, "status": a.Status,
 		"output": output, "error": a.Error, "fn_attempts": a.FnAttempts, "wake_at": a.WakeAt,
 		"job_id": a.JobID, "complete_job": a.CompleteJob, "channel": a.Channel, "new_job_id": a.NewJobID,
-		"log_lines": a.LogLines,
+		"log_lines": a.LogLines, "gated": a.Gated,
 	} {
 		args[k] = v
 	}
 	var r CommitResult
-	err := db.QueryRow(ctx, q.Commit, args).Scan(&r.Runs, &r.Jobs, &r.Events)
+	var released int
+	err := db.QueryRow(ctx, q.Commit, args).Scan(&r.Runs, &r.Jobs, &r.Events, &released)
 	return r, err
 }

@@ -51,7 +51,7 @@ type Queries struct {
 	// waits.sql
 	InsertWaits, MatchWaits, TakeWait, ClaimTimeout, DeliveredSince, GetStep string
 	// runs.sql
-	LoadRun, ClaimRun, CommitStep, CommitSteps, RunStatus, LockRun, CheckJSON,
+	LoadRun, ClaimRun, Admit, ReapSlots, ClaimedEvents, CommitStep, CommitSteps, RunStatus, LockRun, CheckJSON,
 	GetRun, GetSteps, RunsForEvent, RunExists, CancelCandidates string
 	// upkeep.sql
 	Heartbeat, DeleteWorker, PruneWorkers, ClaimCronTick, SetCronTickRun string
@@ -62,6 +62,8 @@ type Queries struct {
 	PruneIdempotencyKeys, PruneCronTicks string
 	// list.sql
 	ListRuns, ListFunctionRuns, RerunSource, MarkRerun, CopyRerunSteps string
+	// browse.sql
+	ListEvents, ListEventsByName, CountRunsExact, CountRunsSample, RunTableSize, CountTimeout, RunEvents string
 }
 
 // Load reads the SQL files and renders them for schema.

@@ -46,7 +46,63 @@ type FunctionConfig struct {
 	// System marks a function only the library triggers (an OnFailure
 	// handler): Invoke refuses it.
 	System bool `json:"system,omitempty"`
+	// Flow control (see the FunctionOpts of the same names).
+	Concurrency []ConcurrencyConfig `json:"concurrency,omitempty"`
+	Throttle    *ThrottleConfig     `json:"throttle,omitempty"`
+	RateLimit   *RateLimitConfig    `json:"rate_limit,omitempty"`
+	Debounce    *DebounceConfig     `json:"debounce,omitempty"`
+	Batch       *BatchConfig        `json:"batch,omitempty"`
+	Priority    string              `json:"priority,omitempty"`
+	Singleton   *SingletonConfig    `json:"singleton,omitempty"`
 }
+
+// ConcurrencyConfig is a stored FunctionOpts.Concurrency entry; Scope is
+// "function" or "shared".
+type ConcurrencyConfig struct {
+	Limit int    `json:"limit"`
+	Key   string `json:"key,omitempty"`
+	Scope string `json:"scope"`
+}
+
+// ThrottleConfig is a stored FunctionOpts.Throttle.
+type ThrottleConfig struct {
+	Limit    int    `json:"limit"`
+	PeriodMS int64  `json:"period_ms"`
+	Burst    int    `json:"burst,omitempty"`
+	Key      string `json:"key,omitempty"`
+}
+
+// RateLimitConfig is a stored FunctionOpts.RateLimit.
+type RateLimitConfig struct {
+	Limit    int    `json:"limit"`
+	PeriodMS int64  `json:"period_ms"`
+	Key      string `json:"key,omitempty"`
+}
+
+// DebounceConfig is a stored FunctionOpts.Debounce.
+type DebounceConfig struct {
+	PeriodMS  int64  `json:"period_ms"`
+	Key       string `json:"key,omitempty"`
+	TimeoutMS int64  `json:"timeout_ms,omitempty"`
+}
+
+// BatchConfig is a stored FunctionOpts.Batch.
+type BatchConfig struct {
+	MaxSize   int    `json:"max_size"`
+	TimeoutMS int64  `json:"timeout_ms"`
+	Key       string `json:"key,omitempty"`
+	If        string `json:"if,omitempty"`
+}
+
+// SingletonConfig is a stored FunctionOpts.Singleton.
+type SingletonConfig struct {
+	Key  string `json:"key,omitempty"`
+	Mode string `json:"mode"`
+}
+
+// Gated reports whether runs of the function pass flow-control gates
+// (Concurrency or Throttle) when an attempt starts.
+func (c FunctionConfig) Gated() bool { return len(c.Concurrency) > 0 || c.Throttle != nil }
 
 // CancelOnConfig is a stored FunctionOpts.CancelOn entry.
 type CancelOnConfig struct {

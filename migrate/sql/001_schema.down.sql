@@ -1,3 +1,15 @@
+DROP FUNCTION IF EXISTS {{schema}}.durable_reap_slots(text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_admit(text, text, text[], integer[], integer, text, interval, integer, float8, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_release(text, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_promote(text, text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_gate_lock(text[]);
+DROP FUNCTION IF EXISTS {{schema}}.durable_slot_live(text, timestamptz, float8);
+DROP TABLE IF EXISTS {{schema}}.durable_run_event;
+DROP TABLE IF EXISTS {{schema}}.durable_collect;
+DROP TABLE IF EXISTS {{schema}}.durable_singleton;
+DROP TABLE IF EXISTS {{schema}}.durable_gcra;
+DROP TABLE IF EXISTS {{schema}}.durable_gate_wait;
+DROP TABLE IF EXISTS {{schema}}.durable_slot;
 DROP FUNCTION IF EXISTS {{schema}}.durable_end_run(text, text, jsonb, text, text);
 DROP FUNCTION IF EXISTS {{schema}}.durable_claim_timeout(text, text, text);
 DROP FUNCTION IF EXISTS {{schema}}.durable_take_wait(bigint, text, jsonb, text);

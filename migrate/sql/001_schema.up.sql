@@ -59,7 +59,7 @@ CREATE INDEX durable_event_name_received_idx ON {{schema}}.durable_event (name, 
 CREATE TABLE {{schema}}.durable_run (
     id              text PRIMARY KEY,
     function_id     text NOT NULL,
-    status          text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    status          text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled', 'skipped')),
     event_id        text NOT NULL,
     event_ids       text[] NOT NULL,
     events          jsonb NOT NULL,
@@ -319,6 +319,13 @@ BEGIN
     END IF;
 
     DELETE FROM {{schema}}.durable_wait WHERE run_id = p_run_id;
+    -- Flow control: the run's concurrency slots go to the runs waiting for
+    -- them, and it stops waiting for any (two index probes when it holds
+    -- and waits for none, as most runs).
+    IF EXISTS (SELECT 1 FROM {{schema}}.durable_slot WHERE run_id = p_run_id)
+       OR EXISTS (SELECT 1 FROM {{schema}}.durable_gate_wait WHERE run_id = p_run_id) THEN
+        PERFORM {{schema}}.durable_release(p_run_id, p_channel);
+    END IF;
     -- A cancelled run shows no step still sleeping, waiting or retrying.
     -- (A failed run's end does the same in its own statement, which also
     -- writes steps: see the Commit query.)
@@ -364,3 +371,284 @@ CREATE INDEX durable_event_received_idx ON {{schema}}.durable_event (received_at
 CREATE INDEX durable_idempotency_expires_idx ON {{schema}}.durable_idempotency (expires_at);
 -- Cron ticks by time (written once per tick).
 CREATE INDEX durable_cron_tick_tick_idx ON {{schema}}.durable_cron_tick (tick);
+
+-- Flow control (FunctionOpts Concurrency, Throttle, RateLimit, Debounce,
+-- Batch, Singleton; internal/executor/gate.go and internal/router/flow.go).
+--
+-- A gate is a named limit an attempt must pass before it runs:
+-- 'c:<function>:<key>' (Concurrency, per function), 's:<key>' (Concurrency,
+-- ScopeShared), 't:<function>:<key>' (Throttle). Each gate's decisions are
+-- made under a transaction-level advisory lock on its name (two keys:
+-- hashtext of the quoted schema || '/gate', hashtext of the gate). Lock
+-- order, everywhere: the run row, then gate locks in gate-name order, then
+-- durable_slot / durable_gate_wait rows, then river_job rows. Promotion
+-- never locks another run's row (only its River job).
+--
+-- A concurrency slot held by an executing attempt (worker set) or reserved
+-- for a promoted run whose attempt has not started yet (worker NULL). A
+-- slot counts while its worker's heartbeat is younger than recover_secs
+-- (the holder's Config.RecoverAfter), a reservation for recover_secs after
+-- it was made: a dead process's slots lapse by themselves, and the
+-- maintenance loop (durable_reap_slots) hands them to waiters.
+CREATE TABLE {{schema}}.durable_slot (
+    gate         text NOT NULL,
+    run_id       text NOT NULL,
+    worker       text,
+    recover_secs float8 NOT NULL,
+    acquired_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gate, run_id)
+);
+CREATE INDEX durable_slot_run_idx ON {{schema}}.durable_slot (run_id);
+
+-- Runs waiting at a gate, in start order: order_at is the run's creation
+-- time minus its Priority. lim is the waiting function's own limit
+-- (ScopeShared gates are shared by functions with different limits); 0 for
+-- a throttle gate. A waiting run's River job is scheduled far ahead (a
+-- concurrency gate's promotion makes it available) or at its estimated
+-- turn (a throttle gate's).
+CREATE TABLE {{schema}}.durable_gate_wait (
+    gate         text NOT NULL,
+    run_id       text NOT NULL,
+    order_at     timestamptz NOT NULL,
+    lim          integer NOT NULL,
+    recover_secs float8 NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gate, run_id)
+);
+CREATE INDEX durable_gate_wait_order_idx ON {{schema}}.durable_gate_wait (gate, order_at, run_id);
+CREATE INDEX durable_gate_wait_run_idx ON {{schema}}.durable_gate_wait (run_id);
+
+-- GCRA state of Throttle gates ('t:...') and RateLimit keys ('r:...'): the
+-- theoretical arrival time of the next admission.
+CREATE TABLE {{schema}}.durable_gcra (
+    gate       text PRIMARY KEY,
+    tat        timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Singleton: the run that last took each key; a newcomer finds it under
+-- this row's lock and skips or cancels it while it is active.
+CREATE TABLE {{schema}}.durable_singleton (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      text NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+
+-- Debounce and Batch: the queued run collecting each key's events. An
+-- event locks this row, then appends to the run only while it is still
+-- queued (the claim that starts it moves it to running under its row
+-- lock): an event is in exactly one run, whatever crashes.
+CREATE TABLE {{schema}}.durable_collect (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      text NOT NULL,
+    first_at    timestamptz NOT NULL DEFAULT now(),
+    size        integer NOT NULL DEFAULT 1,
+    PRIMARY KEY (function_id, key)
+);
+
+-- Events folded into a run after its first (Debounce, Batch), for
+-- RunsForEvent and to keep them from being pruned while the run lives.
+CREATE TABLE {{schema}}.durable_run_event (
+    event_id text NOT NULL,
+    run_id   text NOT NULL REFERENCES {{schema}}.durable_run (id) ON DELETE CASCADE,
+    PRIMARY KEY (event_id, run_id)
+);
+CREATE INDEX durable_run_event_run_idx ON {{schema}}.durable_run_event (run_id);
+
+-- durable_slot_live: whether a slot still counts.
+CREATE FUNCTION {{schema}}.durable_slot_live(p_worker text, p_acquired timestamptz, p_recover float8)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_worker IS NULL THEN p_acquired > now() - make_interval(secs => p_recover)
+        ELSE EXISTS (SELECT 1 FROM {{schema}}.durable_worker w
+                     WHERE w.id = p_worker AND w.heartbeat_at > now() - make_interval(secs => p_recover)) END
+$$;
+
+-- durable_gate_lock takes the advisory locks of gates, in name order.
+CREATE FUNCTION {{schema}}.durable_gate_lock(p_gates text[])
+RETURNS void LANGUAGE sql AS $$
+    SELECT count(pg_advisory_xact_lock(hashtext('{{schema}}' || '/gate'), hashtext(g)))
+    FROM (SELECT DISTINCT g FROM unnest(p_gates) AS g ORDER BY g) x;
+$$;
+
+-- durable_promote hands free slots of a concurrency gate to its waiting
+-- runs, oldest (by order_at) first: each gets a reservation and its job is
+-- made available, the producers told. The caller holds the gate's lock.
+-- Returns how many it promoted.
+CREATE FUNCTION {{schema}}.durable_promote(p_gate text, p_channel text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    w record;
+    n integer := 0;
+    live integer;
+    q text;
+BEGIN
+    LOOP
+        SELECT gw.run_id, gw.lim, gw.recover_secs INTO w FROM {{schema}}.durable_gate_wait gw
+        WHERE gw.gate = p_gate ORDER BY gw.order_at, gw.run_id LIMIT 1;
+        EXIT WHEN NOT FOUND OR w.lim = 0;
+        SELECT count(*) INTO live FROM {{schema}}.durable_slot s
+        WHERE s.gate = p_gate AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs);
+        EXIT WHEN live >= w.lim;
+        DELETE FROM {{schema}}.durable_gate_wait WHERE gate = p_gate AND run_id = w.run_id;
+        INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs)
+        VALUES (p_gate, w.run_id, NULL, w.recover_secs)
+        ON CONFLICT (gate, run_id) DO UPDATE SET worker = NULL, acquired_at = now();
+        q := NULL;
+        UPDATE {{schema}}.river_job SET state = 'available', scheduled_at = now()
+        WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = w.run_id)
+          AND state IN ('scheduled', 'retryable', 'available')
+        RETURNING queue INTO q;
+        IF q IS NOT NULL THEN
+            PERFORM pg_notify(p_channel, json_build_object('queue', q)::text);
+        END IF;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+
+-- durable_release gives back a run's slots and takes it out of every gate
+-- queue (its attempt ended, or the run did), promoting the runs waiting
+-- at those gates. The caller holds the run's row lock.
+CREATE FUNCTION {{schema}}.durable_release(p_run_id text, p_channel text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    gates text[];
+    g text;
+    n integer := 0;
+BEGIN
+    SELECT array_agg(DISTINCT x.gate ORDER BY x.gate) INTO gates FROM (
+        SELECT gate FROM {{schema}}.durable_slot WHERE run_id = p_run_id
+        UNION ALL SELECT gate FROM {{schema}}.durable_gate_wait WHERE run_id = p_run_id) x;
+    IF gates IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM {{schema}}.durable_gate_lock(gates);
+    DELETE FROM {{schema}}.durable_slot WHERE run_id = p_run_id;
+    DELETE FROM {{schema}}.durable_gate_wait WHERE run_id = p_run_id;
+    FOREACH g IN ARRAY gates LOOP
+        n := n + {{schema}}.durable_promote(g, p_channel);
+    END LOOP;
+    RETURN n;
+END;
+$$;
+
+-- durable_admit decides whether an attempt of a run may start: it must fit
+-- every concurrency gate (p_gates, with the function's p_limits) and, on
+-- the run's first start, its throttle gate (p_throttle, GCRA with emission
+-- interval p_emission and p_burst extra). Admitted: the run holds a slot at
+-- each concurrency gate (taken, or the reservation its promotion made) and
+-- the result is NULL. Not admitted: the run holds no slot, waits at the
+-- gate that refused it, and the result is when its continuation job is
+-- due: now when a promotion already took it, its turn at a throttle, else
+-- ten years ahead (a promotion makes the job available).
+-- Locks: the run row, then the gates (durable_gate_lock).
+CREATE FUNCTION {{schema}}.durable_admit(p_run_id text, p_worker text, p_gates text[], p_limits integer[],
+    p_priority integer, p_throttle text, p_emission interval, p_burst integer, p_recover float8, p_channel text)
+RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_order timestamptz;
+    i integer;
+    g text;
+    live integer;
+    refused text;
+    refused_lim integer;
+    tat timestamptz;
+    tau interval;
+    ahead integer;
+    due timestamptz := now() + interval '10 years';
+BEGIN
+    SELECT created_at, started_at INTO r FROM {{schema}}.durable_run WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    v_order := r.created_at - make_interval(secs => p_priority);
+    PERFORM {{schema}}.durable_gate_lock(p_gates || p_throttle);
+    FOR i IN 1 .. coalesce(cardinality(p_gates), 0) LOOP
+        g := p_gates[i];
+        IF EXISTS (SELECT 1 FROM {{schema}}.durable_slot WHERE gate = g AND run_id = p_run_id) THEN
+            -- Reserved by a promotion (or kept from an attempt that ended
+            -- without handing it back): this attempt takes it.
+            UPDATE {{schema}}.durable_slot SET worker = p_worker, recover_secs = p_recover, acquired_at = now()
+            WHERE gate = g AND run_id = p_run_id;
+            CONTINUE;
+        END IF;
+        SELECT count(*) INTO live FROM {{schema}}.durable_slot s
+        WHERE s.gate = g AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs);
+        IF live >= p_limits[i] OR EXISTS (
+            SELECT 1 FROM {{schema}}.durable_gate_wait w
+            WHERE w.gate = g AND w.run_id <> p_run_id AND (w.order_at, w.run_id) < (v_order, p_run_id)) THEN
+            refused := g;
+            refused_lim := p_limits[i];
+            EXIT;
+        END IF;
+        INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs) VALUES (g, p_run_id, p_worker, p_recover);
+    END LOOP;
+    IF refused IS NULL AND p_throttle IS NOT NULL AND r.started_at IS NULL THEN
+        SELECT d.tat INTO tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_throttle FOR UPDATE;
+        IF NOT FOUND THEN
+            tat := now();
+            INSERT INTO {{schema}}.durable_gcra (gate, tat) VALUES (p_throttle, tat);
+        END IF;
+        tau := p_emission * p_burst;
+        SELECT count(*) INTO ahead FROM {{schema}}.durable_gate_wait w
+        WHERE w.gate = p_throttle AND w.run_id <> p_run_id AND (w.order_at, w.run_id) < (v_order, p_run_id);
+        IF ahead = 0 AND tat - tau <= now() THEN
+            UPDATE {{schema}}.durable_gcra SET tat = greatest(tat, now()) + p_emission, updated_at = now()
+            WHERE gate = p_throttle;
+        ELSE
+            refused := p_throttle;
+            refused_lim := 0;
+            -- Its estimated turn: the next admission, one emission
+            -- interval later per run ahead of it. Woken early (a run ahead
+            -- was late), it waits again.
+            due := greatest(tat - tau, now()) + p_emission * ahead;
+        END IF;
+    END IF;
+    IF refused IS NULL THEN
+        DELETE FROM {{schema}}.durable_gate_wait WHERE run_id = p_run_id;
+        RETURN NULL;
+    END IF;
+    -- Refused: hold nothing while waiting (no slot kept at one gate while
+    -- waiting at another), and wait at the gate that refused.
+    DELETE FROM {{schema}}.durable_slot WHERE run_id = p_run_id;
+    DELETE FROM {{schema}}.durable_gate_wait WHERE run_id = p_run_id;
+    INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
+    VALUES (refused, p_run_id, v_order, refused_lim, p_recover);
+    FOREACH g IN ARRAY p_gates LOOP
+        -- Slots this run gave back, or free slots a lapsed holder left,
+        -- go to the runs waiting (maybe this one: then it goes on now).
+        PERFORM {{schema}}.durable_promote(g, p_channel);
+    END LOOP;
+    IF refused_lim > 0 AND NOT EXISTS (SELECT 1 FROM {{schema}}.durable_gate_wait WHERE run_id = p_run_id) THEN
+        due := now();
+    END IF;
+    RETURN due;
+END;
+$$;
+
+-- durable_reap_slots hands the slots of dead processes (and lapsed
+-- reservations) to the runs waiting for them: the maintenance loop calls
+-- it every few seconds. Returns how many runs it promoted.
+CREATE FUNCTION {{schema}}.durable_reap_slots(p_channel text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    g text;
+    n integer := 0;
+BEGIN
+    FOR g IN SELECT DISTINCT s.gate FROM {{schema}}.durable_slot s
+        WHERE NOT {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs)
+        UNION SELECT DISTINCT w.gate FROM {{schema}}.durable_gate_wait w WHERE w.lim > 0
+        ORDER BY 1 LIMIT 1000
+    LOOP
+        PERFORM {{schema}}.durable_gate_lock(ARRAY[g]);
+        DELETE FROM {{schema}}.durable_slot s
+        WHERE s.gate = g AND NOT {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs);
+        n := n + {{schema}}.durable_promote(g, p_channel);
+    END LOOP;
+    RETURN n;
+END;
+$$;

@@ -127,9 +127,12 @@ WITH r AS (
         fn_attempts = @fn_attempts,
         wake_at     = @wake_at,
         job_id      = coalesce(@new_job_id, job_id),
-        started_at  = coalesce(started_at, now()),
-        start_deadline = NULL,
+        -- A run that waits at a flow-control gate before its first start
+        -- stays queued, not started.
+        started_at  = CASE WHEN @status = 'queued' THEN started_at ELSE coalesce(started_at, now()) END,
+        start_deadline = CASE WHEN @status = 'queued' THEN start_deadline END,
         finish_deadline = CASE WHEN @status IN ('completed', 'failed', 'cancelled') THEN NULL
+            WHEN @status = 'queued' THEN finish_deadline
             ELSE coalesce(finish_deadline, now() + finish_timeout) END,
         ended_at    = CASE WHEN @status IN ('completed', 'failed', 'cancelled') THEN now() END,
         log_lines   = greatest(log_lines, @log_lines),
@@ -163,8 +166,13 @@ WITH r AS (
 ), e AS (
     SELECT {{schema}}.durable_end_run(r.id, @status, @output, @error, @channel) AS events
     FROM r WHERE @status IN ('completed', 'failed')
+), g AS (
+    -- A flow-controlled run's attempt that suspends or hands the run back
+    -- gives its concurrency slots to the runs waiting (an end does it in
+    -- durable_end_run).
+    SELECT {{schema}}.durable_release(r.id, @channel) FROM r WHERE @gated::boolean AND @status NOT IN ('completed', 'failed')
 )
-SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM j), (SELECT coalesce(sum(events), 0) FROM e);
+SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM j), (SELECT coalesce(sum(events), 0) FROM e), (SELECT count(*) FROM g);
 
 -- name: ExpiredRuns
 SELECT id, CASE WHEN status = 'queued' AND start_deadline < now() THEN 'start' ELSE 'finish' END

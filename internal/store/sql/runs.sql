@@ -28,6 +28,20 @@ UPDATE {{schema}}.durable_run SET
     updated_at = now()
 WHERE id = $1 AND epoch = $3 AND status IN ('queued', 'running');
 
+-- name: Admit
+-- Flow control's decision for an attempt (see durable_admit): NULL when it
+-- may start, else when its continuation job is due.
+SELECT {{schema}}.durable_admit(@run_id, @worker, @gates::text[], @limits::int[], @priority::int,
+    @throttle::text, @emission::interval, @burst::int, @recover::float8, @channel);
+
+-- name: ReapSlots
+SELECT {{schema}}.durable_reap_slots($1);
+
+-- name: ClaimedEvents
+-- The events of a run that collects them (Debounce, Batch), read once its
+-- claim has closed the collection.
+SELECT events FROM {{schema}}.durable_run WHERE id = $1;
+
 -- name: CommitStep
 -- CommitSteps for the usual single step, with scalar parameters and no
 -- CTE (cheaper to plan): no row comes back when the fence fails.

@@ -1,0 +1,158 @@
+package durable_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgdurable/durable"
+)
+
+// gauge counts callers inside a section and remembers the most at once.
+type gauge struct {
+	mu       sync.Mutex
+	now, max map[string]int
+}
+
+func newGauge() *gauge { return &gauge{now: map[string]int{}, max: map[string]int{}} }
+
+func (g *gauge) enter(k string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.now[k]++
+	g.max[k] = max(g.max[k], g.now[k])
+}
+
+func (g *gauge) leave(k string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.now[k]--
+}
+
+func (g *gauge) most(k string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.max[k]
+}
+
+func TestFlowOptionsAreValidated(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	noop := func(ctx context.Context, in durable.Input[M]) (int, error) { return 0, nil }
+	cases := []struct {
+		name string
+		opts durable.FunctionOpts
+		want []string
+	}{
+		{"concurrency", durable.FunctionOpts{Concurrency: []durable.Concurrency{{Limit: 0}, {Limit: 1, Key: "event.data.("}, {Limit: 1}}},
+			[]string{"3 Concurrency limits, at most 2", "Concurrency[0].Limit must be positive", "Concurrency[1].Key"}},
+		{"scope", durable.FunctionOpts{Concurrency: []durable.Concurrency{{Limit: 1, Scope: "global"}, {Limit: 1, Scope: durable.ScopeShared}}},
+			[]string{`Concurrency[0].Scope "global"`, "Concurrency[1]: ScopeShared needs a Key"}},
+		{"throttle", durable.FunctionOpts{Throttle: &durable.Throttle{Limit: 0, Burst: -1}},
+			[]string{"Throttle.Limit must be positive", "Throttle.Burst must not be negative", "Throttle.Period must be positive"}},
+		{"rate limit", durable.FunctionOpts{RateLimit: &durable.RateLimit{Limit: 1, Period: time.Second, Key: "event.("}},
+			[]string{"RateLimit.Key"}},
+		{"debounce", durable.FunctionOpts{Debounce: &durable.Debounce{Period: time.Minute, Timeout: time.Second}},
+			[]string{"Debounce.Timeout (1s) is shorter than Debounce.Period (1m0s)"}},
+		{"batch", durable.FunctionOpts{Batch: &durable.Batch{MaxSize: 0, Timeout: time.Second, If: `"x"`},
+			Idempotency: "event.id", Priority: &durable.Priority{Run: "1"}, CancelOn: []durable.CancelOn{{Event: "x"}}},
+			[]string{"Batch.MaxSize must be at least 1", "Batch.If", "Batch cannot be combined with Idempotency",
+				"Batch cannot be combined with Priority", "Batch cannot be combined with CancelOn"}},
+		{"priority", durable.FunctionOpts{Priority: &durable.Priority{}}, []string{"Priority.Run is required"}},
+		{"singleton", durable.FunctionOpts{Singleton: &durable.Singleton{Mode: "drop"}}, []string{`Singleton.Mode "drop"`}},
+		{"checkpointing", durable.FunctionOpts{Checkpointing: &durable.Checkpointing{BufferedSteps: -1, MaxRuntime: time.Microsecond}},
+			[]string{"Checkpointing.BufferedSteps must not be negative", "Checkpointing.MaxRuntime must be at least 10ms"}},
+	}
+	for _, tc := range cases {
+		tc.opts.ID = "fn-" + tc.name
+		_, err := durable.NewClient(b.pool, &durable.Config{Schema: b.schema, Functions: []durable.Function{durable.NewFunction(tc.opts, noop)}})
+		require.Error(t, err, tc.name)
+		for _, w := range tc.want {
+			require.Contains(t, err.Error(), fmt.Sprintf("function %q", tc.opts.ID), tc.name)
+			require.Contains(t, err.Error(), w, tc.name)
+		}
+	}
+}
+
+// Concurrency counts executing attempts across processes: two clients,
+// Limit 2, twelve runs each holding its slot for a while: never more than
+// two at once, every run completes, and the limit is used (two at once).
+func TestConcurrencyLimitAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	g := newGauge()
+	release := make(chan struct{})
+	var started atomic.Int32
+	mk := func() durable.Function {
+		return durable.NewFunction(durable.FunctionOpts{ID: "limited", Triggers: []durable.Trigger{{Event: "go"}},
+			Concurrency: []durable.Concurrency{{Limit: 2}}},
+			func(ctx context.Context, in durable.Input[M]) (int, error) {
+				return durable.Step(ctx, "work", func(ctx context.Context) (int, error) {
+					g.enter("")
+					defer g.leave("")
+					started.Add(1)
+					select {
+					case <-release:
+					case <-time.After(30 * time.Millisecond):
+					}
+					return 1, nil
+				})
+			})
+	}
+	c1 := b.client(durable.Config{Functions: []durable.Function{mk()}})
+	b.client(durable.Config{Functions: []durable.Function{mk()}})
+	var evs []durable.Event
+	for i := 0; i < 12; i++ {
+		evs = append(evs, durable.Event{Name: "go", Data: M{"i": i}})
+	}
+	ids, err := c1.Send(b.ctx, evs...)
+	require.NoError(t, err)
+	for _, id := range ids {
+		run := b.waitRun(c1, b.runsFor(c1, id, 1)[0].ID, 30*time.Second)
+		require.Equal(t, durable.RunCompleted, run.Status)
+	}
+	close(release)
+	require.Equal(t, 2, g.most(""), "at most two attempts at once, and the limit is used")
+	require.EqualValues(t, 12, started.Load())
+}
+
+// A sleeping run holds no slot: with Limit 1, a run sleeping for a while
+// lets the next run start and finish during its sleep.
+func TestConcurrencySleepingRunHoldsNoSlot(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	fn := durable.NewFunction(durable.FunctionOpts{ID: "sleepy", Triggers: []durable.Trigger{{Event: "s"}},
+		Concurrency: []durable.Concurrency{{Limit: 1}}},
+		func(ctx context.Context, in durable.Input[M]) (string, error) {
+			if in.Event.Data["sleep"] == true {
+				if err := durable.Sleep(ctx, "nap", 3*time.Second); err != nil {
+					return "", err
+				}
+			}
+			return durable.Step(ctx, "done", func(ctx context.Context) (string, error) { return "ok", nil })
+		})
+	c := b.client(durable.Config{Functions: []durable.Function{fn}})
+	ids, err := c.Send(b.ctx, durable.Event{Name: "s", Data: M{"sleep": true}})
+	require.NoError(t, err)
+	sleeper := b.runsFor(c, ids[0], 1)[0].ID
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		r, err := c.GetRun(b.ctx, sleeper)
+		require.NoError(ct, err)
+		require.Len(ct, r.Steps, 1)
+		require.Equal(ct, "sleeping", r.Steps[0].Status)
+	}, 10*time.Second, 10*time.Millisecond)
+	ids, err = c.Send(b.ctx, durable.Event{Name: "s", Data: M{"sleep": false}})
+	require.NoError(t, err)
+	other := b.waitRun(c, b.runsFor(c, ids[0], 1)[0].ID, 10*time.Second)
+	require.Equal(t, durable.RunCompleted, other.Status)
+	r, err := c.GetRun(b.ctx, sleeper)
+	require.NoError(t, err)
+	require.Equal(t, durable.RunRunning, r.Status, "the second run finished while the first slept")
+	require.Equal(t, durable.RunCompleted, b.waitRun(c, sleeper, 20*time.Second).Status)
+}
