@@ -112,7 +112,7 @@ func newLister(f RunFilter) (*runlist.Query, error) {
 	}
 	for i, s := range f.Status {
 		switch s {
-		case RunQueued, RunRunning, RunCompleted, RunFailed, RunCancelled:
+		case RunQueued, RunRunning, RunCompleted, RunFailed, RunCancelled, RunSkipped:
 			l.Statuses = append(l.Statuses, string(s))
 		default:
 			errs = append(errs, fmt.Errorf("durable: RunFilter.Status[%d]: %q is not a run status", i, s))

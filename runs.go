@@ -40,11 +40,15 @@ const (
 	RunCompleted RunStatus = "completed"
 	RunFailed    RunStatus = "failed"
 	RunCancelled RunStatus = "cancelled"
+	// RunSkipped is an end state: flow control (RateLimit, Singleton)
+	// turned the run away; its Error names the reason and the option.
+	// WaitRun returns it and RunsForEvent finds it for the event.
+	RunSkipped RunStatus = "skipped"
 )
 
 // Done reports whether the status is final.
 func (s RunStatus) Done() bool {
-	return s == RunCompleted || s == RunFailed || s == RunCancelled
+	return s == RunCompleted || s == RunFailed || s == RunCancelled || s == RunSkipped
 }
 
 // RunStep is a step of a run as recorded.

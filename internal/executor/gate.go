@@ -42,7 +42,7 @@ type gateArgs struct {
 func (rs *runState) gateArgs(ctx context.Context, ev store.Event) gateArgs {
 	f := rs.def.Flow
 	evMap := ev.AsMap()
-	var a gateArgs
+	a := gateArgs{gates: []string{}, limits: []int32{}}
 	for _, c := range f.Concurrency {
 		k := rs.flowKey(ctx, "Concurrency.Key", c.Key, evMap)
 		g := "c:" + rs.def.ID + ":" + k

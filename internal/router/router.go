@@ -306,9 +306,21 @@ func (rt *Router) act(ctx context.Context, tx pgx.Tx, events []store.Event, byNa
 			rt.warnUnmatched(ctx, e)
 		}
 	}
+	newRuns, err := rt.flowRuns(ctx, tx, newRuns)
+	if err != nil {
+		return 0, err
+	}
 	ids, err := rt.insertRuns(ctx, tx, newRuns, notifyInTx)
 	if err != nil {
 		return 0, err
+	}
+	for i, r := range newRuns {
+		if !r.startAt.IsZero() && ids[i] != "" {
+			// A run that collects events starts when its collection ends.
+			if err := rt.scheduleRun(ctx, tx, ids[i], r.startAt); err != nil {
+				return 0, err
+			}
+		}
 	}
 	created := 0
 	for _, id := range ids {
@@ -380,8 +392,11 @@ func (rt *Router) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, 
 		return nil, nil
 	}
 	runIDs := make([]string, len(runs))
-	for i := range runs {
-		runIDs[i] = ids.New()
+	for i, r := range runs {
+		runIDs[i] = r.id
+		if runIDs[i] == "" {
+			runIDs[i] = ids.New()
+		}
 	}
 	if err := rt.claimIdempotency(ctx, tx, runs, runIDs); err != nil {
 		return nil, err
@@ -471,6 +486,8 @@ type pendingRun struct {
 	events      []store.Event
 	parentRunID string // for runs started by an "invoke" step
 	parentStep  string
+	id          string    // set when flow control needed it before the insert
+	startAt     time.Time // a run collecting events (Debounce, Batch): when its job is due
 }
 
 // claimIdempotency blanks the IDs of runs whose function's idempotency key

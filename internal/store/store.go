@@ -26,6 +26,7 @@ const (
 	RunCompleted = "completed"
 	RunFailed    = "failed"
 	RunCancelled = "cancelled"
+	RunSkipped   = "skipped" // turned away by flow control (RateLimit, Singleton): ended, never executed
 )
 
 // Step statuses, as stored.
@@ -60,6 +61,9 @@ type Queries struct {
 	// retention.sql
 	RetentionLock, RetentionUnlock, RetentionTimeout, PruneRuns, PruneEvents,
 	PruneIdempotencyKeys, PruneCronTicks string
+	// flow.sql
+	RateLimitTake, InsertSkippedRun, SingletonHolder, SingletonTake, CollectLock, CollectBatch,
+	CollectDebounce, NoteRunEvent, CollectSet, CollectDone, ScheduleJob string
 	// list.sql
 	ListRuns, ListFunctionRuns, RerunSource, MarkRerun, CopyRerunSteps string
 	// browse.sql

@@ -556,7 +556,7 @@ DECLARE
     live integer;
     refused text;
     refused_lim integer;
-    tat timestamptz;
+    v_tat timestamptz;
     tau interval;
     ahead integer;
     due timestamptz := now() + interval '10 years';
@@ -588,16 +588,16 @@ BEGIN
         INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs) VALUES (g, p_run_id, p_worker, p_recover);
     END LOOP;
     IF refused IS NULL AND p_throttle IS NOT NULL AND r.started_at IS NULL THEN
-        SELECT d.tat INTO tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_throttle FOR UPDATE;
+        SELECT d.tat INTO v_tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_throttle FOR UPDATE;
         IF NOT FOUND THEN
-            tat := now();
-            INSERT INTO {{schema}}.durable_gcra (gate, tat) VALUES (p_throttle, tat);
+            v_tat := now();
+            INSERT INTO {{schema}}.durable_gcra (gate, tat) VALUES (p_throttle, v_tat);
         END IF;
         tau := p_emission * p_burst;
         SELECT count(*) INTO ahead FROM {{schema}}.durable_gate_wait w
         WHERE w.gate = p_throttle AND w.run_id <> p_run_id AND (w.order_at, w.run_id) < (v_order, p_run_id);
-        IF ahead = 0 AND tat - tau <= now() THEN
-            UPDATE {{schema}}.durable_gcra SET tat = greatest(tat, now()) + p_emission, updated_at = now()
+        IF ahead = 0 AND v_tat - tau <= now() THEN
+            UPDATE {{schema}}.durable_gcra d SET tat = greatest(d.tat, now()) + p_emission, updated_at = now()
             WHERE gate = p_throttle;
         ELSE
             refused := p_throttle;
@@ -605,7 +605,7 @@ BEGIN
             -- Its estimated turn: the next admission, one emission
             -- interval later per run ahead of it. Woken early (a run ahead
             -- was late), it waits again.
-            due := greatest(tat - tau, now()) + p_emission * ahead;
+            due := greatest(v_tat - tau, now()) + p_emission * ahead;
         END IF;
     END IF;
     IF refused IS NULL THEN
@@ -618,7 +618,7 @@ BEGIN
     DELETE FROM {{schema}}.durable_gate_wait WHERE run_id = p_run_id;
     INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
     VALUES (refused, p_run_id, v_order, refused_lim, p_recover);
-    FOREACH g IN ARRAY p_gates LOOP
+    FOREACH g IN ARRAY coalesce(p_gates, '{}') LOOP
         -- Slots this run gave back, or free slots a lapsed holder left,
         -- go to the runs waiting (maybe this one: then it goes on now).
         PERFORM {{schema}}.durable_promote(g, p_channel);

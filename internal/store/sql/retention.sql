@@ -79,6 +79,9 @@ WITH page AS (
       AND e.routed AND e.received_at < $1
       AND NOT EXISTS (SELECT 1 FROM {{schema}}.durable_run r
                       WHERE r.event_id = e.id AND r.status IN ('queued', 'running'))
+      AND NOT EXISTS (SELECT 1 FROM {{schema}}.durable_run_event re
+                      JOIN {{schema}}.durable_run r ON r.id = re.run_id
+                      WHERE re.event_id = e.id AND r.status IN ('queued', 'running'))
     FOR UPDATE OF e SKIP LOCKED
 ), del AS (
     DELETE FROM {{schema}}.durable_event WHERE id = ANY (ARRAY(SELECT id FROM doomed))

@@ -107,7 +107,11 @@ FROM {{schema}}.durable_step WHERE run_id = $1 ORDER BY seq;
 -- name: RunsForEvent
 SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
     coalesce(parent_run_id, ''), coalesce(rerun_of, '')
-FROM {{schema}}.durable_run WHERE event_id = $1 ORDER BY created_at, id;
+FROM {{schema}}.durable_run
+WHERE event_id = $1
+   -- events folded into a run after its first (Debounce, Batch)
+   OR id IN (SELECT run_id FROM {{schema}}.durable_run_event WHERE event_id = $1)
+ORDER BY created_at, id;
 
 -- name: RunExists
 SELECT EXISTS (SELECT 1 FROM {{schema}}.durable_run WHERE id = $1);
