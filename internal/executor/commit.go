@@ -97,6 +97,7 @@ func (rs *runState) applyCommit(r *commitResult) {
 	if fullWrite {
 		rs.epoch++
 	}
+	rs.lastFlush = time.Now()
 	rs.claimed = newOwner != nil
 	for _, s := range pending {
 		rs.memo[s.Key] = s

@@ -263,10 +263,21 @@ func (rs *runState) boundary(ctx context.Context, key string, flush bool) error 
 	if rs.e.stopping.Load() {
 		rs.stop(ctx, errShutdown)
 	}
+	if d := rs.def.MaxRuntime; d > 0 && time.Since(rs.began) >= d {
+		// Checkpointing.MaxRuntime: hand the run (and its concurrency
+		// slots) back; it continues in a new attempt, queued behind the
+		// runs waiting at its gates.
+		rs.mu.Lock()
+		rs.handoff = true
+		rs.mu.Unlock()
+		rs.exit(suspendOutcome(time.Now()))
+	}
 	rs.mu.Lock()
-	hasPending := len(rs.pending) > 0
+	pendingN := len(rs.pending)
+	buffered := pendingN > 0 && pendingN < rs.def.BufferedSteps &&
+		(rs.def.MaxInterval <= 0 || time.Since(rs.lastFlush) < rs.def.MaxInterval)
 	rs.mu.Unlock()
-	if hasPending && flush {
+	if pendingN > 0 && flush && !buffered {
 		if err := rs.commit(ctx, rs.e.pool, commitParams{status: store.RunRunning}); err != nil {
 			if rs.permanent(err) {
 				// Postgres refused a finished step's output: that step
