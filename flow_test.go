@@ -156,3 +156,89 @@ func TestConcurrencySleepingRunHoldsNoSlot(t *testing.T) {
 	require.Equal(t, durable.RunRunning, r.Status, "the second run finished while the first slept")
 	require.Equal(t, durable.RunCompleted, b.waitRun(c, sleeper, 20*time.Second).Status)
 }
+
+// ScopeShared: functions sharing a key value share its count; another
+// value is not held back; a backlog on one key never delays another.
+func TestConcurrencySharedScopeAndKeyIsolation(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	block := make(chan struct{})
+	var mu sync.Mutex
+	var started []string
+	mk := func(id string) durable.Function {
+		return durable.NewFunction(durable.FunctionOpts{ID: id, Triggers: []durable.Trigger{{Event: id}},
+			Concurrency: []durable.Concurrency{{Limit: 1, Key: "event.data.acct", Scope: durable.ScopeShared}}},
+			func(ctx context.Context, in durable.Input[M]) (int, error) {
+				return durable.Step(ctx, "call", func(ctx context.Context) (int, error) {
+					mu.Lock()
+					started = append(started, id+":"+in.Event.Data["acct"].(string))
+					mu.Unlock()
+					if in.Event.Data["block"] == true {
+						<-block
+					}
+					return 1, nil
+				})
+			})
+	}
+	c := b.client(durable.Config{Functions: []durable.Function{mk("f1"), mk("f2")}})
+	send := func(name, acct string, blocking bool) string {
+		ids, err := c.Send(b.ctx, durable.Event{Name: name, Data: M{"acct": acct, "block": blocking}})
+		require.NoError(t, err)
+		return b.runsFor(c, ids[0], 1)[0].ID
+	}
+	holder := send("f1", "x", true)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		mu.Lock()
+		defer mu.Unlock()
+		require.Equal(ct, []string{"f1:x"}, started)
+	}, 10*time.Second, 5*time.Millisecond)
+	var waiting []string
+	for i := 0; i < 5; i++ {
+		waiting = append(waiting, send("f2", "x", false))
+	}
+	other := send("f2", "y", false)
+	require.Equal(t, durable.RunCompleted, b.waitRun(c, other, 10*time.Second).Status, "another key value runs at once")
+	never(t, 300*time.Millisecond, 10*time.Millisecond, "f2 ran for x while f1 held x", func() (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range started {
+			if s == "f2:x" {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	close(block)
+	for _, id := range append(waiting, holder) {
+		require.Equal(t, durable.RunCompleted, b.waitRun(c, id, 20*time.Second).Status)
+	}
+}
+
+// Throttle with Timeouts.Start sheds a stale backlog: runs that wait
+// longer than Timeouts.Start at the throttle are cancelled, saying why.
+func TestThrottleBacklogShedByStartTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	fn := durable.NewFunction(durable.FunctionOpts{ID: "shed", Triggers: []durable.Trigger{{Event: "shed"}},
+		Throttle: &durable.Throttle{Limit: 1, Period: time.Hour}, Timeouts: durable.Timeouts{Start: 500 * time.Millisecond}},
+		func(ctx context.Context, in durable.Input[M]) (int, error) { return 1, nil })
+	c := b.client(durable.Config{Functions: []durable.Function{fn}})
+	var runs []string
+	for i := 0; i < 3; i++ {
+		ids, err := c.Send(b.ctx, durable.Event{Name: "shed", Data: M{"i": i}})
+		require.NoError(t, err)
+		runs = append(runs, b.runsFor(c, ids[0], 1)[0].ID)
+	}
+	var statuses []durable.RunStatus
+	for _, id := range runs {
+		r := b.waitRun(c, id, 20*time.Second)
+		statuses = append(statuses, r.Status)
+		if r.Status == durable.RunCancelled {
+			require.Contains(t, r.Error, "Timeouts.Start")
+		}
+	}
+	require.Equal(t, []durable.RunStatus{durable.RunCompleted, durable.RunCancelled, durable.RunCancelled}, statuses)
+	var waits int
+	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+b.schema+".durable_gate_wait").Scan(&waits))
+	require.Zero(t, waits, "a cancelled run leaves the gate's queue")
+}

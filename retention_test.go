@@ -559,3 +559,24 @@ func TestRetentionBatchShrinksAfterTimeout(t *testing.T) {
 	b.requireGone(c, ids...)
 	require.Equal(t, maintenance.RunBatch/8+maintenance.RunBatch/32, p.BatchSizes()["completed"])
 }
+
+// Flow-control state no run needs is pruned: GCRA state an hour past,
+// Singleton keys of ended runs, collecting keys of started runs; the
+// state of live runs stays.
+func TestRetentionPrunesFlowState(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.exec(`INSERT INTO S.durable_run (id, function_id, status, event_id, event_ids, events) VALUES
+		('live', 'f', 'queued', 'e1', '{e1}', '[]'), ('ended', 'f', 'completed', 'e2', '{e2}', '[]'), ('started', 'f', 'running', 'e3', '{e3}', '[]')`)
+	b.exec(`INSERT INTO S.durable_gcra (gate, tat) VALUES ('r:f:old', now() - interval '2 hours'), ('r:f:new', now())`)
+	b.exec(`INSERT INTO S.durable_singleton (function_id, key, run_id) VALUES ('f', 'a', 'live'), ('f', 'b', 'ended'), ('f', 'c', 'gone')`)
+	b.exec(`INSERT INTO S.durable_collect (function_id, key, run_id) VALUES ('f', 'a', 'live'), ('f', 'b', 'started')`)
+	counts := b.sweep(keepAll)
+	require.EqualValues(t, 2, counts.FlowState, "the most rows of one kind in the batch")
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM S.durable_gcra WHERE gate = 'r:f:new'`))
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM S.durable_gcra`))
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM S.durable_singleton WHERE run_id = 'live'`))
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM S.durable_singleton`))
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM S.durable_collect WHERE run_id = 'live'`))
+	require.Equal(t, 1, b.count(`SELECT count(*) FROM S.durable_collect`))
+}

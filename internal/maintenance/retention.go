@@ -81,11 +81,12 @@ type PruneCounts struct {
 	Events                       int64
 	IdempotencyKeys              int64
 	CronTicks                    int64
+	FlowState                    int64 // rows of flow-control state (GCRA, Singleton and collecting keys)
 }
 
 // Total is the number of rows deleted.
 func (c PruneCounts) Total() int64 {
-	return c.Completed + c.Failed + c.Cancelled + c.Steps + c.Events + c.IdempotencyKeys + c.CronTicks
+	return c.Completed + c.Failed + c.Cancelled + c.Steps + c.Events + c.IdempotencyKeys + c.CronTicks + c.FlowState
 }
 
 // Runs is the number of runs deleted.
@@ -159,7 +160,7 @@ type Pruner struct {
 
 	mu                           sync.Mutex // one sweep at a time; guards the categories
 	completed, failed, cancelled category
-	events, keys, ticks          category
+	events, keys, ticks, flow    category
 }
 
 // NewPruner builds a pruner keeping what ret says.
@@ -181,6 +182,7 @@ func NewPruner(pool *pgxpool.Pool, q *store.Queries, logger *slog.Logger, ret Re
 		events:    category{name: "events", keep: eventKeep, batch: newBatchSize(RowBatch)},
 		keys:      category{name: "idempotency_keys", keep: 0, batch: newBatchSize(RowBatch)},
 		ticks:     category{name: "cron_ticks", keep: tickKeep, batch: newBatchSize(RowBatch)},
+		flow:      category{name: "flow_state", keep: 0, batch: newBatchSize(RowBatch)},
 	}
 	p.timeout.Store(int64(RetentionTimeout))
 	return p
@@ -210,7 +212,7 @@ func (p *Pruner) BatchSizes() map[string]int {
 }
 
 func (p *Pruner) categories() []*category {
-	return []*category{&p.completed, &p.failed, &p.cancelled, &p.events, &p.keys, &p.ticks}
+	return []*category{&p.completed, &p.failed, &p.cancelled, &p.events, &p.keys, &p.ticks, &p.flow}
 }
 
 func (p *Pruner) note(stage, category string, n int) {
@@ -274,6 +276,9 @@ func (p *Pruner) Sweep(ctx context.Context) (PruneCounts, bool, error) {
 			errs = append(errs, err)
 		}
 	}
+	if err := p.sweepFlow(ctx, conn, now, &counts.FlowState); err != nil {
+		errs = append(errs, err)
+	}
 	if ctx.Err() != nil {
 		return counts, true, ctx.Err()
 	}
@@ -281,7 +286,7 @@ func (p *Pruner) Sweep(ctx context.Context) (PruneCounts, bool, error) {
 		p.logger.InfoContext(ctx, "durable: retention pruned",
 			"completed_runs", counts.Completed, "failed_runs", counts.Failed, "cancelled_runs", counts.Cancelled,
 			"steps", counts.Steps, "events", counts.Events, "idempotency_keys", counts.IdempotencyKeys,
-			"cron_ticks", counts.CronTicks, "took", time.Since(t0).Round(time.Millisecond))
+			"cron_ticks", counts.CronTicks, "flow_state", counts.FlowState, "took", time.Since(t0).Round(time.Millisecond))
 	}
 	p.note("done", "", int(counts.Total()))
 	return counts, true, errors.Join(errs...)
@@ -364,6 +369,22 @@ func (p *Pruner) sweepRows(ctx context.Context, conn *pgxpool.Conn, c *category,
 	})
 	if err != nil {
 		return fmt.Errorf("durable: retention: %s: %w", c.name, err)
+	}
+	return nil
+}
+
+// sweepFlow prunes flow-control state (PruneFlowState) in batches.
+func (p *Pruner) sweepFlow(ctx context.Context, conn *pgxpool.Conn, now time.Time, deleted *int64) error {
+	err := p.batches(ctx, conn, &p.flow, func(ctx context.Context, tx pgx.Tx, n int) (bool, error) {
+		var most int64
+		if err := tx.QueryRow(ctx, p.q.PruneFlowState, now, n).Scan(&most); err != nil {
+			return false, err
+		}
+		*deleted += most
+		return most >= int64(n), nil
+	})
+	if err != nil {
+		return fmt.Errorf("durable: retention: %s: %w", p.flow.name, err)
 	}
 	return nil
 }

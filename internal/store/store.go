@@ -60,7 +60,7 @@ type Queries struct {
 	InsertRuns, NotifyInsert, CancelRun, Rescue, Wake, Commit, ExpiredRuns, Backlog string
 	// retention.sql
 	RetentionLock, RetentionUnlock, RetentionTimeout, PruneRuns, PruneEvents,
-	PruneIdempotencyKeys, PruneCronTicks string
+	PruneIdempotencyKeys, PruneCronTicks, PruneFlowState string
 	// flow.sql
 	RateLimitTake, InsertSkippedRun, SingletonHolder, SingletonTake, CollectLock, CollectBatch,
 	CollectDebounce, NoteRunEvent, CollectSet, CollectDone, ScheduleJob string

@@ -122,3 +122,31 @@ WITH doomed AS (
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM {{schema}}.durable_cron_tick WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed));
+
+-- name: PruneFlowState
+-- Flow-control state no run needs any more, at most $2 rows of each kind:
+-- GCRA state (Throttle, RateLimit) whose next admission time is an hour
+-- before the cutoff $1 (a missing row admits like a past one), Singleton
+-- keys whose run ended (or was pruned), and collecting keys whose run
+-- started (the next event replaces them anyway). These tables hold a row
+-- per key, not per run: the scans are bounded by their LIMIT.
+WITH g AS (
+    DELETE FROM {{schema}}.durable_gcra WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM {{schema}}.durable_gcra WHERE tat < $1::timestamptz - interval '1 hour' LIMIT $2 FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+), s AS (
+    DELETE FROM {{schema}}.durable_singleton WHERE ctid = ANY (ARRAY(
+        SELECT s.ctid FROM {{schema}}.durable_singleton s
+        LEFT JOIN {{schema}}.durable_run r ON r.id = s.run_id
+        WHERE r.id IS NULL OR r.status NOT IN ('queued', 'running')
+        LIMIT $2 FOR UPDATE OF s SKIP LOCKED))
+    RETURNING 1
+), c AS (
+    DELETE FROM {{schema}}.durable_collect WHERE ctid = ANY (ARRAY(
+        SELECT c.ctid FROM {{schema}}.durable_collect c
+        LEFT JOIN {{schema}}.durable_run r ON r.id = c.run_id
+        WHERE r.id IS NULL OR r.status <> 'queued'
+        LIMIT $2 FOR UPDATE OF c SKIP LOCKED))
+    RETURNING 1
+)
+SELECT greatest((SELECT count(*) FROM g), (SELECT count(*) FROM s), (SELECT count(*) FROM c));
