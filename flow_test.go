@@ -220,7 +220,7 @@ func TestThrottleBacklogShedByStartTimeout(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	fn := durable.NewFunction(durable.FunctionOpts{ID: "shed", Triggers: []durable.Trigger{{Event: "shed"}},
-		Throttle: &durable.Throttle{Limit: 1, Period: time.Hour}, Timeouts: durable.Timeouts{Start: 500 * time.Millisecond}},
+		Throttle: &durable.Throttle{Limit: 1, Period: time.Hour}, Timeouts: durable.Timeouts{Start: time.Second}},
 		func(ctx context.Context, in durable.Input[M]) (int, error) { return 1, nil })
 	c := b.client(durable.Config{Functions: []durable.Function{fn}})
 	var runs []string
@@ -228,6 +228,15 @@ func TestThrottleBacklogShedByStartTimeout(t *testing.T) {
 		ids, err := c.Send(b.ctx, durable.Event{Name: "shed", Data: M{"i": i}})
 		require.NoError(t, err)
 		runs = append(runs, b.runsFor(c, ids[0], 1)[0].ID)
+		if i == 0 {
+			// The first takes the hour's only start (a loaded machine may
+			// take longer than Timeouts.Start to start it: wait for it).
+			require.EventuallyWithT(t, func(ct *assert.CollectT) {
+				r, err := c.GetRun(b.ctx, runs[0])
+				require.NoError(ct, err)
+				require.NotEqual(ct, durable.RunQueued, r.Status)
+			}, 10*time.Second, 5*time.Millisecond)
+		}
 	}
 	var statuses []durable.RunStatus
 	for _, id := range runs {

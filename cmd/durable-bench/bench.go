@@ -59,6 +59,8 @@ type options struct {
 	PruneRuns        int
 	PruneWindow      time.Duration
 	PruneConcurrency int
+	// FlowRuns is the number of queued runs of section 9b.
+	FlowRuns int
 	// LogOutput receives the library's warnings and errors.
 	LogOutput io.Writer
 }
@@ -73,7 +75,7 @@ func defaultOptions() options {
 		LatencyPause:     20 * time.Millisecond,
 		Senders:          16,
 		SendBatches:      []int{1, 20},
-		Phases:           "12345678",
+		Phases:           "123456789",
 		BaselineCommits:  500,
 		BaselineWarmup:   50,
 		BaselineConns:    32,
@@ -90,6 +92,7 @@ func defaultOptions() options {
 		PruneRuns:        1_000_000,
 		PruneWindow:      15 * time.Second,
 		PruneConcurrency: 8,
+		FlowRuns:         2000,
 	}
 }
 
@@ -101,7 +104,7 @@ func (o options) check() error {
 		"-baseline-commits": o.BaselineCommits, "-max-workers": o.MaxWorkers, "-pool-conns": o.PoolConns,
 		"-river-batch": o.RiverBatch, "-wait-samples": o.WaitSamples, "-open-waits": o.OpenWaits,
 		"-send-cost-samples": o.SendCostSamples, "-list-runs": o.ListRuns,
-		"-prune-runs": o.PruneRuns, "-prune-concurrency": o.PruneConcurrency,
+		"-prune-runs": o.PruneRuns, "-prune-concurrency": o.PruneConcurrency, "-flow-runs": o.FlowRuns,
 	} {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1 (got %d)", name, v))
@@ -115,8 +118,8 @@ func (o options) check() error {
 			errs = append(errs, fmt.Errorf("-send-batches: %d is not a batch size", b))
 		}
 	}
-	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "12345678") != "" {
-		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 8, and 1 (the reference for the others) is required", o.Phases))
+	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "123456789") != "" {
+		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 9, and 1 (the reference for the others) is required", o.Phases))
 	}
 	if o.PruneWindow <= 0 {
 		errs = append(errs, errors.New("-prune-window must be positive"))
@@ -300,6 +303,12 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	if strings.Contains(o.Phases, "8") {
 		if err := e.pruneLatency(ctx, base); err != nil {
 			return fmt.Errorf("section 8 (per-step latency while pruning): %w", err)
+		}
+	}
+
+	if strings.Contains(o.Phases, "9") {
+		if err := e.flowControl(ctx, base); err != nil {
+			return fmt.Errorf("section 9 (flow control): %w", err)
 		}
 	}
 

@@ -7,7 +7,7 @@
 //
 // It finds Postgres the way the tests do (internal/testdb: TEST_DATABASE_URL,
 // DATABASE_URL, else the local server), creates a fresh schema named
-// bench_<random hex> with migrate.Up, runs eight phases and drops the schema
+// bench_<random hex> with migrate.Up, runs nine phases and drops the schema
 // (sections 6 and 7 make schemas of their own, and drop them):
 //
 //  1. Machine limit, with no engine involved: the latency of a one-row
@@ -63,6 +63,13 @@
 //     retention pruner (as another process runs it, with the library's
 //     batches, statement timeout and pauses, on its own pool) deletes the
 //     backlog; p99 ratio against a target of 2x.
+//  9. Flow control and checkpointing (flow.go): with Concurrency{Limit:
+//     10} and -flow-runs queued runs of one 2 ms step, the hand-off from
+//     a run's end to the next run's step (p50 <= 10 ms, p99 <= 50 ms) and
+//     runs/s against a client with MaxWorkers 10 (>= 0.8); 1,000 keys at
+//     Limit 1 sent behind a hot key's backlog, the start delay of each
+//     (p99 <= 100 ms); and -steps-seq sequential steps with BufferedSteps
+//     10 against the default (transactions and ms per step).
 //
 // Every engine phase builds its own client (MaxWorkers 100, RecoverAfter
 // default) on its own pgxpool (MaxConns 40), and reports what it cost,
@@ -122,7 +129,8 @@ func main() {
 		}
 		return nil
 	})
-	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 8 (1 is always needed)")
+	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 9 (1 is always needed)")
+	flag.IntVar(&o.FlowRuns, "flow-runs", o.FlowRuns, "flow-control phase: queued runs behind Concurrency{Limit: 10}")
 	flag.Func("engine-param", "a session setting for the engine's pools, as name=value (repeatable; e.g. synchronous_commit=off)", func(s string) error {
 		k, v, ok := strings.Cut(s, "=")
 		if !ok || k == "" {

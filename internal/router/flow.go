@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgdurable/durable/internal/expr"
 	"github.com/pgdurable/durable/internal/ids"
 	"github.com/pgdurable/durable/internal/store"
 )
@@ -257,6 +261,115 @@ func (rt *Router) collect(ctx context.Context, tx pgx.Tx, r *pendingRun, key str
 func (rt *Router) scheduleRun(ctx context.Context, tx pgx.Tx, runID string, at time.Time) error {
 	if _, err := tx.Exec(ctx, rt.q.ScheduleJob, runID, at, rt.channel); err != nil {
 		return fmt.Errorf("durable: scheduling run %s: %w", runID, err)
+	}
+	return nil
+}
+
+// maxPriority clamps Priority.Run, in seconds (±12 hours).
+const maxPriority = 12 * 60 * 60
+
+// GateArgs are the flow-control gates of a run (see durable_admit): its
+// concurrency gates with their limits, its throttle gate, and its priority.
+type GateArgs struct {
+	Gates    []string
+	Limits   []int32
+	Priority int32
+	Throttle *string
+	Emission time.Duration
+	Burst    int32
+}
+
+// Gates evaluates the gate keys and the priority of a run of functionID
+// from its first event.
+func (rt *Router) Gates(ctx context.Context, functionID string, f store.FunctionConfig, ev store.Event, runID string) GateArgs {
+	evMap := ev.AsMap()
+	a := GateArgs{Gates: []string{}, Limits: []int32{}}
+	for _, c := range f.Concurrency {
+		k := rt.flowKey(ctx, functionID, "Concurrency.Key", c.Key, evMap)
+		g := "c:" + functionID + ":" + k
+		if c.Scope == "shared" {
+			g = "s:" + k
+		}
+		a.Gates, a.Limits = append(a.Gates, g), append(a.Limits, int32(c.Limit))
+	}
+	if t := f.Throttle; t != nil {
+		g := "t:" + functionID + ":" + rt.flowKey(ctx, functionID, "Throttle.Key", t.Key, evMap)
+		a.Throttle = &g
+		a.Emission = max(time.Duration(t.PeriodMS)*time.Millisecond/time.Duration(t.Limit), time.Microsecond)
+		a.Burst = int32(t.Burst)
+	}
+	if f.Priority != "" {
+		a.Priority = rt.priority(ctx, functionID, f.Priority, evMap, runID)
+	}
+	return a
+}
+
+// priority evaluates Priority.Run: seconds, clamped to ±12 hours; a result
+// that is not an integer counts as 0 (logged).
+func (rt *Router) priority(ctx context.Context, functionID, src string, ev map[string]any, runID string) int32 {
+	p, err := rt.exprs.Compile(src, expr.EventOnly)
+	var v any
+	if err == nil {
+		v, err = p.Value(ev, nil)
+	}
+	var n int64
+	switch x := v.(type) {
+	case int64:
+		n = x
+	case uint64:
+		n = int64(min(x, maxPriority))
+	case float64:
+		if x == math.Trunc(x) && !math.IsInf(x, 0) {
+			n = int64(max(min(x, maxPriority), -maxPriority))
+			break
+		}
+		err = fmt.Errorf("result %v is not an integer", x)
+	default:
+		if err == nil {
+			err = fmt.Errorf("result %v (%T) is not an integer", x, x)
+		}
+	}
+	if err != nil {
+		rt.logger.WarnContext(ctx, "durable: Priority.Run did not yield an integer; the run's priority is 0",
+			"run_id", runID, "function_id", functionID, "expr", src, "error", err)
+		return 0
+	}
+	return int32(max(min(n, maxPriority), -maxPriority))
+}
+
+// enqueue decides, for new runs of functions with Concurrency or
+// Throttle, whether each may start at once (durable_enqueue), after
+// locking all their gates in name order.
+func (rt *Router) enqueue(ctx context.Context, tx pgx.Tx, runs []pendingRun, runIDs []string) error {
+	var rids, gates, limits []string
+	var prios, bursts []int32
+	var throttles []*string
+	var emissions []time.Duration
+	var all []string
+	for i, r := range runs {
+		if runIDs[i] == "" || !r.cfg.Gated() || !r.startAt.IsZero() {
+			continue // collecting runs pass their gates when they start
+		}
+		a := rt.Gates(ctx, r.functionID, r.cfg, r.events[0], runIDs[i])
+		ls := make([]string, len(a.Limits))
+		for j, l := range a.Limits {
+			ls[j] = strconv.Itoa(int(l))
+		}
+		rids, gates, limits, prios = append(rids, runIDs[i]), append(gates, strings.Join(a.Gates, "\x1f")), append(limits, strings.Join(ls, ",")), append(prios, a.Priority)
+		throttles, emissions, bursts = append(throttles, a.Throttle), append(emissions, a.Emission), append(bursts, a.Burst)
+		all = append(all, a.Gates...)
+		if a.Throttle != nil {
+			all = append(all, *a.Throttle)
+		}
+	}
+	if len(rids) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(rt.q.GateLock, all)
+	b.Queue(rt.q.Enqueue, rids, gates, limits, prios, rt.recoverAfter.Seconds(), throttles, emissions, bursts)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("durable: flow control of new runs: %w", err)
 	}
 	return nil
 }

@@ -51,6 +51,9 @@ type Config struct {
 	// Telemetry stores the senders' trace context with events and counts
 	// cancelled runs; nil for none.
 	Telemetry *telemetry.Telemetry
+	// RecoverAfter is how long a concurrency slot reserved for a new run
+	// stays reserved if no attempt takes it (Config.RecoverAfter).
+	RecoverAfter time.Duration
 }
 
 // Router routes events and creates and cancels runs.
@@ -67,6 +70,8 @@ type Router struct {
 	kickRouter func()
 	tel        *telemetry.Telemetry
 
+	recoverAfter time.Duration
+
 	notes     notifier
 	unmatched sync.Map // event names warned about (an event that started nothing)
 	listened  sync.Map // system event names this process registered waits on
@@ -77,7 +82,7 @@ func New(cfg Config) *Router {
 	return &Router{
 		pool: cfg.Pool, q: cfg.Queries, exprs: cfg.Exprs, logger: cfg.Logger, river: cfg.River,
 		queue: cfg.Queue, channel: riverbridge.InsertTopic(cfg.Schema), payload: riverbridge.InsertPayload(cfg.Queue),
-		local: cfg.Local, kickRouter: cfg.KickRouter, tel: cfg.Telemetry,
+		local: cfg.Local, kickRouter: cfg.KickRouter, tel: cfg.Telemetry, recoverAfter: cfg.RecoverAfter,
 	}
 }
 
@@ -440,6 +445,9 @@ func (rt *Router) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, 
 		return nil, fmt.Errorf("durable: inserting runs: %w", err)
 	}
 	if err := w.insert(ctx, rt, tx); err != nil {
+		return nil, err
+	}
+	if err := rt.enqueue(ctx, tx, runs, runIDs); err != nil {
 		return nil, err
 	}
 	return runIDs, nil

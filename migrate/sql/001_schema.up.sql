@@ -566,14 +566,18 @@ BEGIN
         RETURN NULL;
     END IF;
     v_order := r.created_at - make_interval(secs => p_priority);
-    PERFORM {{schema}}.durable_gate_lock(p_gates || p_throttle);
+    -- A slot reserved for the run (by its creation or a promotion, or kept
+    -- from an attempt that ended without handing it back) is taken without
+    -- the gate's lock: the gate's count does not change. Only the gates
+    -- where the run holds nothing (and the throttle) are locked.
+    UPDATE {{schema}}.durable_slot SET worker = p_worker, recover_secs = p_recover, acquired_at = now()
+    WHERE run_id = p_run_id AND gate = ANY (p_gates);
+    PERFORM {{schema}}.durable_gate_lock(ARRAY(
+        SELECT x.name FROM unnest(p_gates) AS x(name)
+        WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.durable_slot s WHERE s.gate = x.name AND s.run_id = p_run_id)) || p_throttle);
     FOR i IN 1 .. coalesce(cardinality(p_gates), 0) LOOP
         g := p_gates[i];
         IF EXISTS (SELECT 1 FROM {{schema}}.durable_slot WHERE gate = g AND run_id = p_run_id) THEN
-            -- Reserved by a promotion (or kept from an attempt that ended
-            -- without handing it back): this attempt takes it.
-            UPDATE {{schema}}.durable_slot SET worker = p_worker, recover_secs = p_recover, acquired_at = now()
-            WHERE gate = g AND run_id = p_run_id;
             CONTINUE;
         END IF;
         SELECT count(*) INTO live FROM {{schema}}.durable_slot s
@@ -587,7 +591,11 @@ BEGIN
         END IF;
         INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs) VALUES (g, p_run_id, p_worker, p_recover);
     END LOOP;
-    IF refused IS NULL AND p_throttle IS NOT NULL AND r.started_at IS NULL THEN
+    IF refused IS NULL AND p_throttle IS NOT NULL AND r.started_at IS NULL
+       AND EXISTS (SELECT 1 FROM {{schema}}.durable_slot WHERE gate = p_throttle AND run_id = p_run_id) THEN
+        -- Passed the throttle when it was created (durable_enqueue).
+        DELETE FROM {{schema}}.durable_slot WHERE gate = p_throttle AND run_id = p_run_id;
+    ELSIF refused IS NULL AND p_throttle IS NOT NULL AND r.started_at IS NULL THEN
         SELECT d.tat INTO v_tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_throttle FOR UPDATE;
         IF NOT FOUND THEN
             v_tat := now();
@@ -627,6 +635,76 @@ BEGIN
         due := now();
     END IF;
     RETURN due;
+END;
+$$;
+
+-- durable_enqueue decides, in the transaction that creates a run of a
+-- function with Concurrency or Throttle, whether it may start at once:
+-- then it holds a reservation at each concurrency gate, and a pass of its
+-- throttle gate (a durable_slot row of that gate, which durable_admit
+-- consumes instead of a second admission), and its job stays available.
+-- Else it waits: at the first concurrency gate that is full (or has runs
+-- waiting before it), its job scheduled far ahead for a promotion to make
+-- available; or at its throttle gate, its job scheduled at its estimated
+-- turn (the next admission, one emission interval later per run waiting
+-- before it). At most Limit jobs of a concurrency gate are ever
+-- available, and throttled jobs wake in turn: a backlog never makes
+-- attempts that would only wait. Returns whether it may start.
+-- Locks: the gates (the run is new: no other transaction sees it).
+CREATE FUNCTION {{schema}}.durable_enqueue(p_run_id text, p_gates text[], p_limits integer[], p_priority integer,
+    p_recover float8, p_throttle text, p_emission interval, p_burst integer)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_order timestamptz;
+    i integer;
+    g text;
+    live integer;
+    v_tat timestamptz;
+    tau interval;
+    ahead integer;
+BEGIN
+    SELECT created_at - make_interval(secs => p_priority) INTO v_order FROM {{schema}}.durable_run WHERE id = p_run_id;
+    PERFORM {{schema}}.durable_gate_lock(p_gates || p_throttle);
+    FOR i IN 1 .. coalesce(cardinality(p_gates), 0) LOOP
+        g := p_gates[i];
+        SELECT count(*) INTO live FROM {{schema}}.durable_slot s
+        WHERE s.gate = g AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs);
+        IF live >= p_limits[i] OR EXISTS (
+            SELECT 1 FROM {{schema}}.durable_gate_wait w
+            WHERE w.gate = g AND (w.order_at, w.run_id) < (v_order, p_run_id)) THEN
+            DELETE FROM {{schema}}.durable_slot WHERE run_id = p_run_id;
+            INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
+            VALUES (g, p_run_id, v_order, p_limits[i], p_recover);
+            UPDATE {{schema}}.river_job SET state = 'scheduled', scheduled_at = now() + interval '10 years'
+            WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = p_run_id);
+            RETURN false;
+        END IF;
+        INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs) VALUES (g, p_run_id, NULL, p_recover);
+    END LOOP;
+    IF p_throttle IS NOT NULL THEN
+        SELECT d.tat INTO v_tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_throttle FOR UPDATE;
+        IF NOT FOUND THEN
+            v_tat := now();
+            INSERT INTO {{schema}}.durable_gcra (gate, tat) VALUES (p_throttle, v_tat);
+        END IF;
+        tau := p_emission * p_burst;
+        SELECT count(*) INTO ahead FROM {{schema}}.durable_gate_wait w
+        WHERE w.gate = p_throttle AND (w.order_at, w.run_id) < (v_order, p_run_id);
+        IF ahead = 0 AND v_tat - tau <= now() THEN
+            UPDATE {{schema}}.durable_gcra d SET tat = greatest(d.tat, now()) + p_emission, updated_at = now()
+            WHERE d.gate = p_throttle;
+            INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs) VALUES (p_throttle, p_run_id, NULL, p_recover);
+            RETURN true;
+        END IF;
+        DELETE FROM {{schema}}.durable_slot WHERE run_id = p_run_id;
+        INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
+        VALUES (p_throttle, p_run_id, v_order, 0, p_recover);
+        UPDATE {{schema}}.river_job SET state = 'scheduled',
+            scheduled_at = greatest(v_tat - tau, now()) + p_emission * ahead
+        WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = p_run_id);
+        RETURN false;
+    END IF;
+    RETURN true;
 END;
 $$;
 

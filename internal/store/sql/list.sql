@@ -78,9 +78,12 @@ WHERE n.id = $1 AND o.id = $2;
 -- name: CopyRerunSteps
 -- The steps of run $2 that completed and first ran before step $3 become
 -- the rerun's ($1), as they are (same keys, seqs and outputs): its
--- attempts replay them instead of running their bodies.
-INSERT INTO {{schema}}.durable_step (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id)
-SELECT $1, s.key, s.seq, s.kind, s.status, s.attempts, s.output, s.error, s.wake_at, s.child_run_id
+-- attempts replay them instead of running their bodies. Their record
+-- (times, failed attempts) is the original's: that is when they ran.
+INSERT INTO {{schema}}.durable_step (run_id, key, seq, kind, status, attempts, output, error, wake_at, child_run_id,
+    failures, created_at, updated_at)
+SELECT $1, s.key, s.seq, s.kind, s.status, s.attempts, s.output, s.error, s.wake_at, s.child_run_id,
+    s.failures, s.created_at, s.updated_at
 FROM {{schema}}.durable_step s
 WHERE s.run_id = $2 AND s.status = 'completed'
   AND s.seq < (SELECT f.seq FROM {{schema}}.durable_step f WHERE f.run_id = $2 AND f.key = $3);
