@@ -180,7 +180,7 @@ func (e *env) listRuns(ctx context.Context, base baseline) (err error) {
 		e.summarize("ListRuns page, "+c.name+" (p50 / p99)", ms(p50)+" / "+ms(p99), "p99 <= 50 ms", verdict(p99 <= listTarget))
 	}
 	e.printf("  target: every filter's p99 <= %s -> %s (slowest: %s, p99 %s)\n", ms(listTarget), verdict(worst <= listTarget), worstName, ms(worst))
-	return nil
+	return e.uiPages(ctx, client, schema, n)
 }
 
 // explainList runs EXPLAIN ANALYZE on the first query ListRuns makes for
