@@ -32,8 +32,11 @@ import (
 // flowRuns applies creation-time flow control to runs an event triggered
 // and returns those to create as usual (some with a collecting schedule
 // set).
-func (rt *Router) flowRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) ([]pendingRun, error) {
-	var out []pendingRun
+//
+// A run that starts collecting is created here at once (so that the next
+// event of the same call, for the same key, folds into it); created counts
+// them.
+func (rt *Router) flowRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, notifyInTx bool) (out []pendingRun, created int, err error) {
 	singletons := map[[2]string]bool{} // keys taken by runs of this same call
 	for _, r := range runs {
 		cfg := r.cfg
@@ -51,12 +54,12 @@ func (rt *Router) flowRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) ([
 			if errors.Is(err, pgx.ErrNoRows) {
 				reason := fmt.Sprintf("skipped: over the rate limit (RateLimit: %d per %s, key %q)", rl.Limit, period, key)
 				if err := rt.skipRun(ctx, tx, r, reason); err != nil {
-					return nil, err
+					return nil, 0, err
 				}
 				continue
 			}
 			if err != nil {
-				return nil, fmt.Errorf("durable: rate limit of %s: %w", r.functionID, err)
+				return nil, 0, fmt.Errorf("durable: rate limit of %s: %w", r.functionID, err)
 			}
 		}
 		if s := cfg.Singleton; s != nil {
@@ -64,7 +67,7 @@ func (rt *Router) flowRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) ([
 			r.id = ids.New()
 			ok, err := rt.singleton(ctx, tx, r, key, s.Mode, singletons)
 			if err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 			if !ok {
 				continue
@@ -82,29 +85,40 @@ func (rt *Router) flowRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun) ([
 				}
 			}
 			key := rt.flowKey(ctx, r.functionID, "Batch.Key", b.Key, evMap)
-			folded, err := rt.collect(ctx, tx, &r, key, false)
+			n, err := rt.collectOrCreate(ctx, tx, r, key, false, notifyInTx)
 			if err != nil {
-				return nil, err
+				return nil, 0, err
 			}
-			if !folded {
-				out = append(out, r)
-			}
+			created += n
 			continue
 		}
 		if d := cfg.Debounce; d != nil {
 			key := rt.flowKey(ctx, r.functionID, "Debounce.Key", d.Key, evMap)
-			folded, err := rt.collect(ctx, tx, &r, key, true)
+			n, err := rt.collectOrCreate(ctx, tx, r, key, true, notifyInTx)
 			if err != nil {
-				return nil, err
+				return nil, 0, err
 			}
-			if !folded {
-				out = append(out, r)
-			}
+			created += n
 			continue
 		}
 		out = append(out, r)
 	}
-	return out, nil
+	return out, created, nil
+}
+
+// collectOrCreate folds r's event into its key's collecting run, or
+// creates r as the key's new collecting run (its job due when the
+// collection ends); it returns the runs it created (0 or 1).
+func (rt *Router) collectOrCreate(ctx context.Context, tx pgx.Tx, r pendingRun, key string, debounce, notifyInTx bool) (int, error) {
+	folded, err := rt.collect(ctx, tx, &r, key, debounce)
+	if err != nil || folded {
+		return 0, err
+	}
+	ids, err := rt.insertRuns(ctx, tx, []pendingRun{r}, notifyInTx)
+	if err != nil {
+		return 0, err
+	}
+	return 1, rt.scheduleRun(ctx, tx, ids[0], r.startAt)
 }
 
 // flowKey evaluates a key expression; one that fails to evaluate puts the

@@ -311,7 +311,7 @@ func (rt *Router) act(ctx context.Context, tx pgx.Tx, events []store.Event, byNa
 			rt.warnUnmatched(ctx, e)
 		}
 	}
-	newRuns, err := rt.flowRuns(ctx, tx, newRuns)
+	newRuns, created, err := rt.flowRuns(ctx, tx, newRuns, notifyInTx)
 	if err != nil {
 		return 0, err
 	}
@@ -319,15 +319,6 @@ func (rt *Router) act(ctx context.Context, tx pgx.Tx, events []store.Event, byNa
 	if err != nil {
 		return 0, err
 	}
-	for i, r := range newRuns {
-		if !r.startAt.IsZero() && ids[i] != "" {
-			// A run that collects events starts when its collection ends.
-			if err := rt.scheduleRun(ctx, tx, ids[i], r.startAt); err != nil {
-				return 0, err
-			}
-		}
-	}
-	created := 0
 	for _, id := range ids {
 		if id != "" {
 			created++
