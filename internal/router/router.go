@@ -315,7 +315,7 @@ func (rt *Router) act(ctx context.Context, tx pgx.Tx, events []store.Event, byNa
 	if err != nil {
 		return 0, err
 	}
-	ids, err := rt.insertRuns(ctx, tx, newRuns, notifyInTx)
+	ids, err := rt.createRuns(ctx, tx, newRuns, notifyInTx)
 	if err != nil {
 		return 0, err
 	}
@@ -328,6 +328,12 @@ func (rt *Router) act(ctx context.Context, tx pgx.Tx, events []store.Event, byNa
 		if err := rt.deliver(ctx, tx, e, waits[i]); err != nil {
 			return 0, err
 		}
+	}
+	// The new runs pass their gates last: deliveries and cancellations lock
+	// run rows (and release those runs' gates), which come before gates in
+	// the lock order.
+	if err := rt.enqueue(ctx, tx, newRuns, ids); err != nil {
+		return 0, err
 	}
 	return created, nil
 }
@@ -382,8 +388,22 @@ func (rt *Router) deliver(ctx context.Context, tx pgx.Tx, e store.Event, cands [
 
 // insertRuns creates runs, their River jobs and their cancellation
 // listeners in tx, and returns the run IDs in order ("" for a run not
-// created because its idempotency key was taken).
+// created because its idempotency key was taken), and passes the new runs' flow-control
+// gates (enqueue).
 func (rt *Router) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, notifyInTx bool) ([]string, error) {
+	runIDs, err := rt.createRuns(ctx, tx, runs, notifyInTx)
+	if err != nil {
+		return nil, err
+	}
+	if err := rt.enqueue(ctx, tx, runs, runIDs); err != nil {
+		return nil, err
+	}
+	return runIDs, nil
+}
+
+// createRuns is insertRuns without the flow-control gates (the caller
+// passes them with enqueue).
+func (rt *Router) createRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, notifyInTx bool) ([]string, error) {
 	if len(runs) == 0 {
 		return nil, nil
 	}
@@ -436,9 +456,6 @@ func (rt *Router) insertRuns(ctx context.Context, tx pgx.Tx, runs []pendingRun, 
 		return nil, fmt.Errorf("durable: inserting runs: %w", err)
 	}
 	if err := w.insert(ctx, rt, tx); err != nil {
-		return nil, err
-	}
-	if err := rt.enqueue(ctx, tx, runs, runIDs); err != nil {
 		return nil, err
 	}
 	return runIDs, nil
