@@ -59,8 +59,10 @@ type options struct {
 	PruneRuns        int
 	PruneWindow      time.Duration
 	PruneConcurrency int
-	// FlowRuns is the number of queued runs of section 9b.
+	// FlowRuns is the number of queued runs of section 9b; FlowKeys the
+	// number of keys of 9c (whose hot key has three tenths as many runs).
 	FlowRuns int
+	FlowKeys int
 	// LogOutput receives the library's warnings and errors.
 	LogOutput io.Writer
 }
@@ -93,6 +95,7 @@ func defaultOptions() options {
 		PruneWindow:      15 * time.Second,
 		PruneConcurrency: 8,
 		FlowRuns:         2000,
+		FlowKeys:         1000,
 	}
 }
 
@@ -104,7 +107,7 @@ func (o options) check() error {
 		"-baseline-commits": o.BaselineCommits, "-max-workers": o.MaxWorkers, "-pool-conns": o.PoolConns,
 		"-river-batch": o.RiverBatch, "-wait-samples": o.WaitSamples, "-open-waits": o.OpenWaits,
 		"-send-cost-samples": o.SendCostSamples, "-list-runs": o.ListRuns,
-		"-prune-runs": o.PruneRuns, "-prune-concurrency": o.PruneConcurrency, "-flow-runs": o.FlowRuns,
+		"-prune-runs": o.PruneRuns, "-prune-concurrency": o.PruneConcurrency, "-flow-runs": o.FlowRuns, "-flow-keys": o.FlowKeys,
 	} {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1 (got %d)", name, v))

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -10,7 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgdurable/durable"
+	"github.com/pgdurable/durable/migrate"
 )
 
 // flowControl measures section 9: what flow control costs and how fast it
@@ -22,27 +26,55 @@ import (
 //	    call): slot freed -> next run's first step, p50 and p99, and runs/s
 //	    against 10 unlimited workers (a client with MaxWorkers 10) doing
 //	    the same.
-//	9c. 1,000 keys at Limit 1 while one hot key has a backlog: the start
+//	9c. FlowKeys keys at Limit 1 while one hot key has a backlog: the start
 //	    delay (Send returned -> first step) of each key's first run.
 //	9d. StepsSeq sequential no-op steps, BufferedSteps 10 against the
 //	    default: writing transactions and ms per step.
 func (e *env) flowControl(ctx context.Context, base baseline) error {
 	e.section("9. Flow control and checkpointing")
 	e.printf("  9a. without flow control: see section 3 (same engine and workload; flow control adds no statement to it)\n")
-	if err := e.flowHandoff(ctx, base); err != nil {
-		return fmt.Errorf("9b: %w", err)
+	// Schemas of their own: the runs earlier sections (or parts) left are
+	// not in them.
+	for _, part := range []struct {
+		name string
+		run  func(schema string) error
+	}{
+		{"b", func(schema string) error { return e.flowHandoff(ctx, base, schema) }},
+		{"c", func(schema string) error { return e.flowKeys(ctx, schema) }},
+		{"d", func(schema string) error { return e.flowBuffered(ctx, base, schema) }},
+	} {
+		if err := e.inSchema(ctx, e.schema+"_flow_"+part.name, part.run); err != nil {
+			return fmt.Errorf("9%s: %w", part.name, err)
+		}
 	}
-	if err := e.flowKeys(ctx); err != nil {
-		return fmt.Errorf("9c: %w", err)
+	return nil
+}
+
+// inSchema runs fn in a fresh schema (migrate.Up), dropped afterwards.
+func (e *env) inSchema(ctx context.Context, schema string, fn func(schema string) error) (err error) {
+	admin, err := e.pool(ctx, "schema-admin", 2, nil, nil)
+	if err != nil {
+		return err
 	}
-	return e.flowBuffered(ctx, base)
+	defer admin.Close()
+	if err := migrate.Up(ctx, admin, schema); err != nil {
+		return fmt.Errorf("migrate.Up(%s): %w", schema, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if _, derr := admin.Exec(dctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); derr != nil {
+			err = errors.Join(err, fmt.Errorf("dropping schema %s: %w", schema, derr))
+		}
+	}()
+	return fn(schema)
 }
 
 // flowRun is when a run's step started and when the function returned.
 type flowRun struct{ start, end time.Time }
 
 // flowHandoff is 9b.
-func (e *env) flowHandoff(ctx context.Context, base baseline) error {
+func (e *env) flowHandoff(ctx context.Context, base baseline, schema string) error {
 	const limit = 10
 	n := e.o.FlowRuns
 	measure := func(role string, conc []durable.Concurrency, maxWorkers int) (float64, []flowRun, error) {
@@ -68,7 +100,7 @@ func (e *env) flowHandoff(ctx context.Context, base baseline) error {
 				mu.Unlock()
 				return v, err
 			})
-		g, err := e.startEngineWith(ctx, e.schema, role, func(c *durable.Config) {
+		g, err := e.startEngineWith(ctx, schema, role, func(c *durable.Config) {
 			if maxWorkers > 0 {
 				c.MaxWorkers = maxWorkers
 			}
@@ -136,8 +168,8 @@ func (e *env) flowHandoff(ctx context.Context, base baseline) error {
 }
 
 // flowKeys is 9c.
-func (e *env) flowKeys(ctx context.Context) error {
-	const keys, hot = 1000, 300
+func (e *env) flowKeys(ctx context.Context, schema string) error {
+	keys, hot := e.o.FlowKeys, e.o.FlowKeys*3/10
 	var mu sync.Mutex
 	started := map[string]time.Time{}
 	fn := durable.NewFunction(durable.FunctionOpts{ID: "bench-keys", Triggers: []durable.Trigger{{Event: "bench/keys"}},
@@ -155,7 +187,7 @@ func (e *env) flowKeys(ctx context.Context) error {
 				return 1, nil
 			})
 		})
-	g, err := e.startEngine(ctx, "keys", fn)
+	g, err := e.startEngineIn(ctx, schema, "keys", fn)
 	if err != nil {
 		return err
 	}
@@ -224,7 +256,7 @@ func (e *env) flowKeys(ctx context.Context) error {
 }
 
 // flowBuffered is 9d.
-func (e *env) flowBuffered(ctx context.Context, base baseline) error {
+func (e *env) flowBuffered(ctx context.Context, base baseline, schema string) error {
 	steps := e.o.StepsSeq
 	var rows []string
 	for _, c := range []struct {
@@ -243,7 +275,7 @@ func (e *env) flowBuffered(ctx context.Context, base baseline) error {
 				total.Store(int64(time.Since(t0)))
 				return steps, nil
 			})
-		g, err := e.startEngine(ctx, "buf", fn)
+		g, err := e.startEngineIn(ctx, schema, "buf", fn)
 		if err != nil {
 			return err
 		}

@@ -66,7 +66,7 @@
 //  9. Flow control and checkpointing (flow.go): with Concurrency{Limit:
 //     10} and -flow-runs queued runs of one 2 ms step, the hand-off from
 //     a run's end to the next run's step (p50 <= 10 ms, p99 <= 50 ms) and
-//     runs/s against a client with MaxWorkers 10 (>= 0.8); 1,000 keys at
+//     runs/s against a client with MaxWorkers 10 (>= 0.8); -flow-keys keys at
 //     Limit 1 sent behind a hot key's backlog, the start delay of each
 //     (p99 <= 100 ms); and -steps-seq sequential steps with BufferedSteps
 //     10 against the default (transactions and ms per step).
@@ -131,6 +131,7 @@ func main() {
 	})
 	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 9 (1 is always needed)")
 	flag.IntVar(&o.FlowRuns, "flow-runs", o.FlowRuns, "flow-control phase: queued runs behind Concurrency{Limit: 10}")
+	flag.IntVar(&o.FlowKeys, "flow-keys", o.FlowKeys, "flow-control phase: keys at Concurrency{Limit: 1} sent behind a hot key's backlog")
 	flag.Func("engine-param", "a session setting for the engine's pools, as name=value (repeatable; e.g. synchronous_commit=off)", func(s string) error {
 		k, v, ok := strings.Cut(s, "=")
 		if !ok || k == "" {

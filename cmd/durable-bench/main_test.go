@@ -41,6 +41,8 @@ func TestSmoke(t *testing.T) {
 	o.PruneRuns = 20000
 	o.PruneWindow = 500 * time.Millisecond
 	o.PruneConcurrency = 2
+	o.FlowRuns = 40
+	o.FlowKeys = 20
 	var logs bytes.Buffer
 	o.LogOutput = &logs
 
@@ -78,6 +80,10 @@ func TestSmoke(t *testing.T) {
 		"If matching 1 run (eval bound):",
 		"== 8. Per-step latency while pruning 20,000 ended runs",
 		"p99 while pruning / without:",
+		"== 9. Flow control and checkpointing",
+		"slot freed (a run's function returned) -> next run's step: p50",
+		"start delay of each key's run",
+		"BufferedSteps 10:",
 		"== Summary ==",
 		"library log records at WARN or above: 0 (ERROR: 0)",
 	} {

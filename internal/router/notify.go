@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -80,11 +81,15 @@ func (rt *Router) NotifyProducers(ctx context.Context) {
 	rt.notes.mu.Unlock()
 }
 
-func (rt *Router) sendNotify(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+func (rt *Router) sendNotify(parent context.Context) {
+	ctx, cancel := context.WithTimeout(parent, 5*time.Second)
 	defer cancel()
 	if _, err := rt.pool.Exec(ctx, rt.q.NotifyInsert, rt.channel, rt.payload); err != nil {
-		rt.logger.WarnContext(ctx, "durable: notifying producers failed; they will find the runs at their next poll", "error", err)
+		level := slog.LevelWarn
+		if parent.Err() != nil {
+			level = slog.LevelDebug // the caller gave up (its context ended): nothing is wrong
+		}
+		rt.logger.Log(ctx, level, "durable: notifying producers failed; they will find the runs at their next poll", "error", err)
 	}
 }
 
