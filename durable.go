@@ -328,6 +328,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 			}
 			return nil
 		},
+		Claimable: c.claimable(),
 		KickWaker: func(t time.Time) { c.maint.KickWaker(t) }, KickRouter: func() { c.maint.KickRouter() },
 		NoteAttempter: func(ctx context.Context, id string) error { return c.maint.NoteAttempter(ctx, id) },
 		Telemetry:     tel,

@@ -24,8 +24,8 @@ func ExampleFunctionOpts_flowControl() {
 		// at most one attempt per account at once, and ten in all
 		Concurrency: []durable.Concurrency{{Limit: 1, Key: "event.data.account"}, {Limit: 10}},
 		Throttle:    &durable.Throttle{Limit: 100, Period: time.Minute, Burst: 10}, // starts, spread evenly
-		Priority:    &durable.Priority{Run: `event.data.plan == "pro" ? 60 : 0`},    // seconds ahead in line
-		Timeouts:    durable.Timeouts{Start: time.Hour},                             // shed a stale backlog
+		Priority:    &durable.Priority{Run: `event.data.plan == "pro" ? 60 : 0`},   // seconds ahead in line
+		Timeouts:    durable.Timeouts{Start: time.Hour},                            // shed a stale backlog
 	}, func(ctx context.Context, in durable.Input[map[string]string]) (string, error) {
 		return durable.Step(ctx, "push", func(ctx context.Context) (string, error) {
 			return "synced " + in.Event.Data["account"], nil

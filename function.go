@@ -232,3 +232,15 @@ func (d *funcDef) config() funcConfig {
 	d.flowConfig(&cfg)
 	return cfg
 }
+
+// claimable lists the client's functions whose attempts pass no
+// flow-control gate (see executor.Config.Claimable).
+func (c *Client) claimable() []string {
+	ids := []string{}
+	for id, d := range c.funcs {
+		if !d.exec.Flow.Gated() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}

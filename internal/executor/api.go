@@ -68,6 +68,10 @@ type Config struct {
 
 	// Function returns the function of this process with that ID, or nil.
 	Function func(id string) *Function
+	// Claimable lists the functions of this process without flow-control
+	// gates: an attempt of one of their runs loads and claims it in one
+	// statement.
+	Claimable []string
 	// KickWaker tells the waker a suspended run is due at t; KickRouter
 	// that system events were stored; NoteAttempter makes sure the River
 	// client working a job has a heartbeat.

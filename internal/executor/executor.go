@@ -184,7 +184,19 @@ const shortSuspend = 500 * time.Millisecond
 // attempt loads the run, claims it and executes the function once.
 func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs], attempter string) outcome {
 	runID := job.Args.RunID
-	lr, err := e.loadRun(ctx, runID)
+	token := ids.New()[16:]
+	// The usual attempt loads and claims the run in one statement; an
+	// unusual one (not due, held by a live process, timed out, of a
+	// function this process lacks or gates) is only loaded, and decided
+	// below.
+	var lr *loadedRun
+	var err error
+	claimedNow := false
+	if e.stopping.Load() {
+		lr, err = e.loadRun(ctx, runID)
+	} else {
+		lr, claimedNow, err = e.claimLoad(ctx, runID, attempter, token)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		e.logger.WarnContext(ctx, "durable: job for an unknown run; dropping it", "run_id", runID, "job_id", job.ID)
 		return done()
@@ -192,9 +204,23 @@ func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs
 	if err != nil {
 		return e.stopOutcome(ctx, err)
 	}
+	def := e.cfg.Function(lr.functionID)
+	if !claimedNow {
+		if o, stop := e.beforeClaim(ctx, lr, def, runID, attempter); stop {
+			return o
+		}
+	}
+	return e.execute(ctx, job, lr, def, store.Owner{Worker: attempter, Token: token}, claimedNow)
+}
+
+// beforeClaim decides what an attempt whose run was only loaded does: it
+// stops (the run ended or timed out, this process lacks its function, a
+// live process holds it, it is not due, the process is stopping) or goes on
+// to claim it.
+func (e *Executor) beforeClaim(ctx context.Context, lr *loadedRun, def *Function, runID, attempter string) (outcome, bool) {
 	switch lr.status {
-	case store.RunCompleted, store.RunFailed, store.RunCancelled:
-		return done()
+	case store.RunCompleted, store.RunFailed, store.RunCancelled, store.RunSkipped:
+		return done(), true
 	}
 	if (lr.startLate != nil && *lr.startLate && lr.status == store.RunQueued) || (lr.finishLate != nil && *lr.finishLate) {
 		reason := "timed out: not started within Timeouts.Start"
@@ -205,42 +231,48 @@ func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs
 			_, err := e.router.CancelRun(ctx, tx, runID, reason)
 			return err
 		}); err != nil {
-			return e.stopOutcome(ctx, err)
+			return e.stopOutcome(ctx, err), true
 		}
-		return cancelled(errors.New(reason))
+		return cancelled(errors.New(reason)), true
 	}
-	def := e.cfg.Function(lr.functionID)
 	if def == nil {
 		e.logger.WarnContext(ctx, "durable: this process does not have the run's function; leaving it to another",
 			"run_id", runID, "function_id", lr.functionID)
-		return requeueAt(time.Now().Add(time.Second))
+		return requeueAt(time.Now().Add(time.Second)), true
 	}
 	if lr.ownerWorker != nil && lr.ownerAlive {
 		if *lr.ownerWorker != attempter {
 			// A live process still holds this run (River handed the job
 			// out again); never run it twice. Look again later.
-			return requeueAt(time.Now().Add(e.cfg.RecoverAfter / 2))
+			return requeueAt(time.Now().Add(e.cfg.RecoverAfter / 2)), true
 		}
 	}
 	if lr.wakeAt != nil {
 		if d := time.Until(*lr.wakeAt); d > 5*time.Millisecond {
 			if d <= shortSuspend {
-				return outcome{kind: outResume, at: *lr.wakeAt}
+				return outcome{kind: outResume, at: *lr.wakeAt}, true
 			}
 			e.cfg.KickWaker(*lr.wakeAt)
-			return requeueAt(*lr.wakeAt)
+			return requeueAt(*lr.wakeAt), true
 		}
 	}
 	if e.stopping.Load() {
-		return outcome{kind: outShutdown}
+		return outcome{kind: outShutdown}, true
 	}
+	return outcome{}, false
+}
 
+// execute claims the run (unless claimLoad did: claimed) and calls its
+// function once.
+func (e *Executor) execute(ctx context.Context, job *river.Job[riverjobs.RunArgs], lr *loadedRun, def *Function, owner store.Owner, claimed bool) outcome {
+	runID := job.Args.RunID
 	rs := &runState{
 		e:          e,
 		def:        def,
 		runID:      runID,
 		jobID:      job.ID,
-		owner:      store.Owner{Worker: attempter, Token: ids.New()[16:]},
+		owner:      owner,
+		claimed:    claimed,
 		epoch:      lr.epoch,
 		fnAttempts: lr.fnAttempts,
 		lastErr:    lr.lastErr,
@@ -271,18 +303,21 @@ func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs
 	// Claim the run before the function runs: from here on it shows as
 	// running, and every write of this attempt is fenced on its owner token.
 	events := lr.events
-	if def.Flow.Gated() {
+	var err error
+	switch {
+	case claimed:
+	case def.Flow.Gated():
 		err = rs.admitAndClaim(ctx, lr.status)
 		if errors.Is(err, errParked) {
 			return rs.endAttempt(done())
 		}
-	} else {
+	default:
 		err = rs.claim(ctx)
 	}
 	if err != nil {
 		return rs.endAttempt(e.stopOutcome(ctx, err))
 	}
-	if def.Flow.Debounce != nil || def.Flow.Batch != nil {
+	if !claimed && (def.Flow.Debounce != nil || def.Flow.Batch != nil) {
 		// Events may have joined the run between its load and its claim,
 		// which closed the collection.
 		if events, err = rs.claimedEvents(ctx); err != nil {
@@ -733,6 +768,30 @@ func (rs *runState) stopAttempt(ctx context.Context, o outcome) outcome {
 		rs.e.logger.WarnContext(bg, "durable: could not hand back a stopping run; it will be recovered", "run_id", rs.runID, "error", err)
 	}
 	return o
+}
+
+// claimLoad loads the run and, in the same statement, claims it for
+// owner (worker, token) when nothing stands in the way (see ClaimLoad).
+func (e *Executor) claimLoad(ctx context.Context, runID, worker, token string) (*loadedRun, bool, error) {
+	lr := &loadedRun{}
+	var events, steps []byte
+	var claimed bool
+	err := e.pool.QueryRow(ctx, e.q.ClaimLoad, pgx.NamedArgs{
+		"run_id": runID, "worker": worker, "token": token, "functions": e.cfg.Claimable,
+		"recover": e.cfg.RecoverAfter.Seconds(),
+	}).Scan(&claimed,
+		&lr.functionID, &lr.status, &events, &lr.ownerWorker, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,
+		&lr.startLate, &lr.finishLate, &lr.ownerAlive, &lr.logLines, &lr.age, &steps)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := json.Unmarshal(events, &lr.events); err != nil {
+		return nil, false, fmt.Errorf("durable: run %s: decoding events: %w", runID, err)
+	}
+	if err := json.Unmarshal(steps, &lr.steps); err != nil {
+		return nil, false, fmt.Errorf("durable: run %s: decoding steps: %w", runID, err)
+	}
+	return lr, claimed, nil
 }
 
 func (e *Executor) loadRun(ctx context.Context, runID string) (*loadedRun, error) {

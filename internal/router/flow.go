@@ -304,7 +304,7 @@ func (rt *Router) Gates(ctx context.Context, functionID string, f store.Function
 		if c.Scope == "shared" {
 			g = "s:" + k
 		}
-		a.Gates, a.Limits = append(a.Gates, g), append(a.Limits, int32(c.Limit)+1)
+		a.Gates, a.Limits = append(a.Gates, g), append(a.Limits, int32(c.Limit))
 	}
 	if t := f.Throttle; t != nil {
 		g := "t:" + functionID + ":" + rt.flowKey(ctx, functionID, "Throttle.Key", t.Key, evMap)

@@ -17,6 +17,56 @@ FROM {{schema}}.durable_run r
 LEFT JOIN {{schema}}.durable_worker w ON w.id = r.owner_worker
 WHERE r.id = $1;
 
+-- name: ClaimLoad
+-- The usual attempt's load and claim in one statement. When the run is
+-- plainly this attempt's to take (queued or running, due, not past a
+-- timeout, of a function this process runs without flow-control gates
+-- (@functions), held by no live process but this one (@worker)), it is
+-- claimed as ClaimRun does and returned with claimed = true (status is then
+-- the one before the claim, epoch the one after). Otherwise it is only
+-- read, as LoadRun does (claimed = false), and the attempt decides.
+WITH c AS (
+    UPDATE {{schema}}.durable_run r SET
+        owner_worker = @worker, owner_token = @token, epoch = r.epoch + 1, status = 'running',
+        started_at = coalesce(r.started_at, now()), start_deadline = NULL,
+        finish_deadline = coalesce(r.finish_deadline, now() + r.finish_timeout),
+        updated_at = now()
+    WHERE r.id = @run_id AND r.status IN ('queued', 'running')
+      AND r.function_id = ANY (@functions::text[])
+      AND (r.wake_at IS NULL OR r.wake_at <= now() + interval '5 milliseconds')
+      AND NOT (r.status = 'queued' AND coalesce(r.start_deadline < now(), false))
+      AND NOT coalesce(r.finish_deadline < now(), false)
+      AND (r.owner_worker IS NULL OR r.owner_worker = @worker OR NOT EXISTS (
+          SELECT 1 FROM {{schema}}.durable_worker w
+          WHERE w.id = r.owner_worker AND w.heartbeat_at > now() - make_interval(secs => @recover::float8)))
+    RETURNING r.id, r.function_id, r.events, r.epoch, r.fn_attempts, r.wake_at, r.error, r.log_lines, r.created_at,
+        r.started_at = now() AS first
+)
+SELECT true, c.function_id, CASE WHEN c.first THEN 'queued' ELSE 'running' END, c.events, NULL::text, c.epoch,
+    c.fn_attempts, c.wake_at, c.error, false, false, false, c.log_lines,
+    extract(epoch FROM now() - c.created_at)::float8,
+    coalesce((
+        SELECT json_agg(json_build_object(
+            'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
+            'attempts', s.attempts, 'output', s.output, 'error', s.error, 'wake_at', s.wake_at)
+            ORDER BY s.seq)
+        FROM {{schema}}.durable_step s WHERE s.run_id = c.id), '[]'::json)
+FROM c
+UNION ALL
+SELECT false, r.function_id, r.status, r.events, r.owner_worker, r.epoch, r.fn_attempts, r.wake_at, r.error,
+    r.start_deadline < now(), r.finish_deadline < now(),
+    coalesce(w.heartbeat_at > now() - make_interval(secs => @recover::float8), false),
+    r.log_lines, extract(epoch FROM now() - r.created_at)::float8,
+    coalesce((
+        SELECT json_agg(json_build_object(
+            'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
+            'attempts', s.attempts, 'output', s.output, 'error', s.error, 'wake_at', s.wake_at)
+            ORDER BY s.seq)
+        FROM {{schema}}.durable_step s WHERE s.run_id = r.id), '[]'::json)
+FROM {{schema}}.durable_run r
+LEFT JOIN {{schema}}.durable_worker w ON w.id = r.owner_worker
+WHERE r.id = @run_id AND NOT EXISTS (SELECT 1 FROM c);
+
 -- name: ClaimRun
 -- An attempt takes the run before calling the function: from then on the
 -- run shows as running (with its start time), and every write of the
