@@ -311,6 +311,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 	c.router = router.New(router.Config{
 		Pool: pool, Queries: c.q, Exprs: c.exprs, Logger: cfg.Logger, River: c.river, Telemetry: tel,
 		Queue: cfg.Queue, Schema: schema, KickRouter: func() { c.maint.KickRouter() }, RecoverAfter: cfg.RecoverAfter,
+		KickWaker: func(t time.Time) { c.maint.KickWaker(t) },
 		Local: func(id string) (store.FunctionConfig, bool) {
 			if d, ok := c.funcs[id]; ok {
 				return d.config(), true

@@ -2,6 +2,7 @@ package durable_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -257,4 +258,67 @@ func TestPriorityOrdersWaitingRuns(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	require.Equal(t, []string{"blocker", "vip", "a", "b", "odd"}, order)
+}
+
+// Debounce.Timeout caps the delay from the first event: a steady stream
+// of events (never a quiet Period) still starts a run once Timeout has
+// passed since the first; the events after it start the next run.
+func TestDebounceTimeoutCapsTheDelay(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	fn := durable.NewFunction(durable.FunctionOpts{ID: "deb-cap", Triggers: []durable.Trigger{{Event: "tick"}},
+		Debounce: &durable.Debounce{Period: time.Second, Timeout: 1500 * time.Millisecond}},
+		func(ctx context.Context, in durable.Input[M]) (float64, error) { return in.Event.Data["i"].(float64), nil })
+	c := b.client(durable.Config{Functions: []durable.Function{fn}})
+	first := time.Now()
+	var ids []string
+	for i := 0; time.Since(first) < 3500*time.Millisecond; i++ {
+		id, err := c.Send(b.ctx, durable.Event{Name: "tick", Data: M{"i": i}})
+		require.NoError(t, err)
+		ids = append(ids, id[0])
+		time.Sleep(250 * time.Millisecond) // a steady stream, quieter than the Period never
+	}
+	run := b.waitRun(c, b.runsFor(c, ids[0], 1)[0].ID, 15*time.Second)
+	require.Equal(t, durable.RunCompleted, run.Status)
+	require.Less(t, run.StartedAt.Sub(run.CreatedAt), 3*time.Second, "started by the Timeout, not after the stream ended")
+	require.GreaterOrEqual(t, run.StartedAt.Sub(run.CreatedAt), 1400*time.Millisecond, "not before the Timeout")
+	last := b.runsFor(c, ids[len(ids)-1], 1)[0]
+	require.NotEqual(t, run.ID, last.ID, "events after the first run started start another")
+	require.Less(t, len(run.EventIDs), len(ids))
+}
+
+// A full batch's run is available the moment the event that filled it
+// commits (not left scheduled for a poll), and concurrent senders of a
+// key's first events fold them into one batch instead of starting two.
+func TestBatchFullStartsAtOnceAndConcurrentSendersShareIt(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	fn := durable.NewFunction(durable.FunctionOpts{ID: "pairs", Triggers: []durable.Trigger{{Event: "pair"}},
+		Batch: &durable.Batch{MaxSize: 2, Timeout: time.Hour, Key: "event.data.k"}},
+		func(ctx context.Context, in durable.Input[M]) (int, error) { return len(in.Events), nil })
+	c := b.client(durable.Config{Functions: []durable.Function{fn}})
+	for round := 0; round < 8; round++ {
+		key := fmt.Sprint("k", round)
+		var wg sync.WaitGroup
+		ids := make([]string, 2)
+		for i := range ids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				id, err := c.Send(b.ctx, durable.Event{Name: "pair", Data: M{"k": key}})
+				if assert.NoError(t, err) {
+					ids[i] = id[0]
+				}
+			}()
+		}
+		wg.Wait()
+		require.False(t, t.Failed())
+		runs := b.runsFor(c, ids[0], 1)
+		require.Equal(t, runs[0].ID, b.runsFor(c, ids[1], 1)[0].ID, "round %d: one batch for both events", round)
+		var state string
+		require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT j.state FROM "+b.schema+".river_job j JOIN "+b.schema+
+			".durable_run r ON r.job_id = j.id WHERE r.id = $1", runs[0].ID).Scan(&state))
+		require.NotEqual(t, "scheduled", state, "round %d: the full batch's job is not left scheduled", round)
+		require.JSONEq(t, "2", string(b.waitRun(c, runs[0].ID, 10*time.Second).Output))
+	}
 }

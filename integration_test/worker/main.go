@@ -23,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"strings"
@@ -112,6 +113,7 @@ func main() {
 
 	available := coordinationFunctions(coordOpts{pool: pool, schema: *schema, worker: *name, waitTimeout: *waitTimeout, blockPostInvoke: *blockPost})
 	available["crashy"] = crashy
+	maps.Copy(available, flowFunctions(coordOpts{pool: pool, schema: *schema, worker: *name}))
 	var fns []durable.Function
 	for _, id := range strings.Split(*functions, ",") {
 		f, ok := available[strings.TrimSpace(id)]

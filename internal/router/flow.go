@@ -205,11 +205,14 @@ func (rt *Router) collect(ctx context.Context, tx pgx.Tx, r *pendingRun, key str
 	var runID string
 	var size int
 	var first time.Time
-	err := tx.QueryRow(ctx, rt.q.CollectLock, r.functionID, key).Scan(&runID, &size, &first)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	if _, err := tx.Exec(ctx, rt.q.CollectLock, r.functionID, key); err != nil {
 		return false, fmt.Errorf("durable: collecting events for %s: %w", r.functionID, err)
 	}
-	if err == nil {
+	if err := tx.QueryRow(ctx, rt.q.CollectRead, r.functionID, key).Scan(&runID, &size, &first); err != nil {
+		return false, fmt.Errorf("durable: collecting events for %s: %w", r.functionID, err)
+	}
+	if runID != "" {
+		var err error
 		evJSON, err := json.Marshal(ev)
 		if err != nil {
 			return false, err
@@ -271,10 +274,14 @@ func (rt *Router) collect(ctx context.Context, tx pgx.Tx, r *pendingRun, key str
 	return false, nil
 }
 
-// scheduleRun moves a queued run's job to at (now: available at once).
+// scheduleRun moves a queued run's job to at (now: available at once),
+// and tells this process's waker when it is due.
 func (rt *Router) scheduleRun(ctx context.Context, tx pgx.Tx, runID string, at time.Time) error {
 	if _, err := tx.Exec(ctx, rt.q.ScheduleJob, runID, at, rt.channel); err != nil {
 		return fmt.Errorf("durable: scheduling run %s: %w", runID, err)
+	}
+	if rt.kickWaker != nil && at.After(time.Now()) {
+		rt.kickWaker(at)
 	}
 	return nil
 }

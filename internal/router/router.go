@@ -54,6 +54,9 @@ type Config struct {
 	// RecoverAfter is how long a concurrency slot reserved for a new run
 	// stays reserved if no attempt takes it (Config.RecoverAfter).
 	RecoverAfter time.Duration
+	// KickWaker tells this process's waker that a job is due at t (a run
+	// collecting events, due when its collection ends); nil for none.
+	KickWaker func(t time.Time)
 }
 
 // Router routes events and creates and cancels runs.
@@ -71,6 +74,7 @@ type Router struct {
 	tel        *telemetry.Telemetry
 
 	recoverAfter time.Duration
+	kickWaker    func(time.Time)
 
 	notes     notifier
 	unmatched sync.Map // event names warned about (an event that started nothing)
@@ -82,7 +86,7 @@ func New(cfg Config) *Router {
 	return &Router{
 		pool: cfg.Pool, q: cfg.Queries, exprs: cfg.Exprs, logger: cfg.Logger, river: cfg.River,
 		queue: cfg.Queue, channel: riverbridge.InsertTopic(cfg.Schema), payload: riverbridge.InsertPayload(cfg.Queue),
-		local: cfg.Local, kickRouter: cfg.KickRouter, tel: cfg.Telemetry, recoverAfter: cfg.RecoverAfter,
+		local: cfg.Local, kickRouter: cfg.KickRouter, tel: cfg.Telemetry, recoverAfter: cfg.RecoverAfter, kickWaker: cfg.KickWaker,
 	}
 }
 

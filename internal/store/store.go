@@ -62,7 +62,7 @@ type Queries struct {
 	RetentionLock, RetentionUnlock, RetentionTimeout, PruneRuns, PruneEvents,
 	PruneIdempotencyKeys, PruneCronTicks, PruneFlowState string
 	// flow.sql
-	RateLimitTake, InsertSkippedRun, SingletonHolder, SingletonTake, CollectLock, CollectBatch,
+	RateLimitTake, InsertSkippedRun, SingletonHolder, SingletonTake, CollectLock, CollectRead, CollectBatch,
 	CollectDebounce, NoteRunEvent, CollectSet, CollectDone, ScheduleJob, Enqueue, GateLock string
 	// list.sql
 	ListRuns, ListFunctionRuns, RerunSource, MarkRerun, CopyRerunSteps string

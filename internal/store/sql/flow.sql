@@ -35,7 +35,17 @@ WHERE $4::boolean
 RETURNING 1;
 
 -- name: CollectLock
--- The run collecting a key's events (Debounce, Batch), locked.
+-- The run collecting a key's events (Debounce, Batch), locked; run_id is
+-- '' when none collects. The key's row is created first when missing, so
+-- that there is always a row to lock: two senders of a new key's first
+-- events serialize on it instead of each starting a collecting run.
+WITH ins AS (
+    INSERT INTO {{schema}}.durable_collect (function_id, key, run_id, size) VALUES ($1, $2, '', 0)
+    ON CONFLICT (function_id, key) DO NOTHING
+)
+SELECT 1;
+
+-- name: CollectRead
 SELECT run_id, size, first_at FROM {{schema}}.durable_collect
 WHERE function_id = $1 AND key = $2
 FOR UPDATE;
@@ -68,16 +78,18 @@ ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, size = ex
     first_at = CASE WHEN c.run_id = excluded.run_id THEN c.first_at ELSE now() END;
 
 -- name: CollectDone
-DELETE FROM {{schema}}.durable_collect WHERE function_id = $1 AND key = $2;
+-- The key's batch is full: no run collects (the row stays, to be locked).
+UPDATE {{schema}}.durable_collect SET run_id = '', size = 0 WHERE function_id = $1 AND key = $2;
 
 -- name: ScheduleJob
--- Moves the job of a queued run ($1) to $2: available now when $2 is not in the
--- future (the producers are told), else scheduled then. A job already
--- running is left alone.
+-- Moves the job of a queued run ($1) to $2: available now when $2 is not in
+-- the future (the producers are told), else scheduled then. A job already
+-- running is left alone. (clock_timestamp: now() is when the transaction
+-- began, before the caller took $2.)
 WITH j AS (
     UPDATE {{schema}}.river_job SET
-        state = CASE WHEN $2::timestamptz <= now() THEN 'available' ELSE 'scheduled' END::{{schema}}.river_job_state,
-        scheduled_at = greatest($2::timestamptz, now())
+        state = CASE WHEN $2::timestamptz <= clock_timestamp() THEN 'available' ELSE 'scheduled' END::{{schema}}.river_job_state,
+        scheduled_at = CASE WHEN $2::timestamptz <= clock_timestamp() THEN now() ELSE $2::timestamptz END
     WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = $1) AND state IN ('available', 'scheduled')
     RETURNING queue, state
 )
