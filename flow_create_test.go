@@ -268,7 +268,9 @@ func TestDebounceTimeoutCapsTheDelay(t *testing.T) {
 	b := setup(t)
 	fn := durable.NewFunction(durable.FunctionOpts{ID: "deb-cap", Triggers: []durable.Trigger{{Event: "tick"}},
 		Debounce: &durable.Debounce{Period: time.Second, Timeout: 1500 * time.Millisecond}},
-		func(ctx context.Context, in durable.Input[M]) (float64, error) { return in.Event.Data["i"].(float64), nil })
+		func(ctx context.Context, in durable.Input[M]) (float64, error) {
+			return in.Event.Data["i"].(float64), nil
+		})
 	c := b.client(durable.Config{Functions: []durable.Function{fn}})
 	first := time.Now()
 	var ids []string
