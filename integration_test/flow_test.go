@@ -411,3 +411,38 @@ func TestBatchEventsLandInExactlyOneBatchAcrossCrashes(t *testing.T) {
 	assert.NotEqual(t, "A", workers[victim], "A was killed inside run %s's StepTx: it cannot have committed it", victim)
 	assertNoTxConflicts(t, b, cw)
 }
+
+// TestBufferedStepsCrashReRunsOnlyUncommittedOnes: "buffered" commits its
+// plain steps five at a time. A is killed (SIGKILL) while step s7 runs:
+// s0..s4 were committed together (at s5's boundary), s5 and s6 were still
+// buffered. B finishes the run: s0..s4 ran once, s5, s6 and s7 twice, and
+// the run records all eight steps once.
+func TestBufferedStepsCrashReRunsOnlyUncommittedOnes(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 4)
+	e.createCoordTables()
+	fns := []string{"-functions", "buffered"}
+	a := e.startWorker("A", workerOpts{recoverAfter: 2 * time.Second, maxWorkers: 4, args: fns})
+	a.waitReady(60 * time.Second)
+	c := e.sendOnlyClient()
+	runID := e.startRuns(c, []durable.Event{{Name: "buffer/start", Data: M{"hold_ms": 60000}}})[0]
+	waitFor(t, 30*time.Second, "step s7 to run on A", func() (bool, error) {
+		var n int
+		err := e.pool.QueryRow(e.ctx, e.sql(`SELECT count(*) FROM {{schema}}.marks WHERE run_id = $1 AND what = 's7'`), runID).Scan(&n)
+		return n > 0, err
+	})
+	var committed int
+	require.NoError(t, e.pool.QueryRow(e.ctx, e.sql(`SELECT count(*) FROM {{schema}}.durable_step WHERE run_id = $1`), runID).Scan(&committed))
+	require.Equal(t, 5, committed, "s0..s4 committed together, s5 and s6 buffered")
+	a.kill()
+	b := e.startWorker("B", workerOpts{recoverAfter: 2 * time.Second, maxWorkers: 4, args: fns})
+	b.waitReady(60 * time.Second)
+	run := waitRunsDone(t, c, []string{runID}, time.Now().Add(60*time.Second))[0]
+	require.Equal(t, durable.RunCompleted, run.Status)
+	require.Len(t, run.Steps, 8)
+	counts := map[string]int{}
+	for _, m := range e.marks("s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7") {
+		counts[m.what]++
+	}
+	require.Equal(t, map[string]int{"s0": 1, "s1": 1, "s2": 1, "s3": 1, "s4": 1, "s5": 2, "s6": 2, "s7": 2}, counts)
+}

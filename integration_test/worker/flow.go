@@ -23,6 +23,10 @@ package main
 //     for the first event's data.hold_ms. A unique violation (an event
 //     recorded twice) fails the run at once (NonRetriable). Returns the
 //     number of events.
+//   - "buffered" (trigger "buffer/start", Checkpointing BufferedSteps 5):
+//     eight plain Steps "s0".."s7", each writing the mark "s<i>" (so a
+//     re-executed step shows twice); "s7" then holds for event.data.hold_ms
+//     on its first execution (the test kills the process there). Returns 8.
 
 import (
 	"context"
@@ -115,6 +119,34 @@ func flowFunctions(o coordOpts) map[string]durable.Function {
 			ms, _ := in.Event.Data["hold_ms"].(float64)
 			return len(in.Events), hold(ctx, ms)
 		})
+	})
+	fns["buffered"] = durable.NewFunction(durable.FunctionOpts{
+		ID:            "buffered",
+		Triggers:      []durable.Trigger{{Event: "buffer/start"}},
+		Checkpointing: &durable.Checkpointing{BufferedSteps: 5},
+	}, func(ctx context.Context, in durable.Input[M]) (int, error) {
+		for i := 0; i < 8; i++ {
+			key := fmt.Sprintf("s%d", i)
+			if _, err := durable.Step(ctx, key, func(ctx context.Context) (int, error) {
+				var before int
+				if err := o.pool.QueryRow(ctx, "SELECT count(*) FROM "+marks+" WHERE run_id = $1 AND what = $2", in.RunID, key).Scan(&before); err != nil {
+					return 0, err
+				}
+				if err := mark(ctx, in.RunID, key); err != nil {
+					return 0, err
+				}
+				if i == 7 && before == 0 {
+					ms, _ := in.Event.Data["hold_ms"].(float64)
+					if err := hold(ctx, ms); err != nil {
+						return 0, err
+					}
+				}
+				return i, nil
+			}); err != nil {
+				return 0, err
+			}
+		}
+		return 8, nil
 	})
 	return fns
 }
