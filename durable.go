@@ -319,6 +319,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 			return store.FunctionConfig{}, false
 		},
 	})
+	free, reserved := c.claimable()
 	c.exec = executor.New(executor.Config{
 		Pool: pool, Queries: c.q, Router: c.router, River: c.river, Exprs: c.exprs, Logger: cfg.Logger,
 		Schema: schema, WorkerID: c.workerID, Queue: cfg.Queue, RecoverAfter: cfg.RecoverAfter, RetryBackoff: cfg.RetryBackoff,
@@ -329,7 +330,7 @@ func NewClient(pool *pgxpool.Pool, config *Config) (*Client, error) {
 			}
 			return nil
 		},
-		Claimable: c.claimable(),
+		Claimable: free, Reserved: reserved,
 		KickWaker: func(t time.Time) { c.maint.KickWaker(t) }, KickRouter: func() { c.maint.KickRouter() },
 		NoteAttempter: func(ctx context.Context, id string) error { return c.maint.NoteAttempter(ctx, id) },
 		Telemetry:     tel,

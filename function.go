@@ -234,13 +234,18 @@ func (d *funcDef) config() funcConfig {
 }
 
 // claimable lists the client's functions whose attempts pass no
-// flow-control gate (see executor.Config.Claimable).
-func (c *Client) claimable() []string {
-	ids := []string{}
+// flow-control gate, and those with a single concurrency gate and no
+// throttle, whose reserved runs are claimed alike (see
+// executor.Config.Claimable and Reserved).
+func (c *Client) claimable() (free, reserved []string) {
+	free, reserved = []string{}, []string{}
 	for id, d := range c.funcs {
-		if !d.exec.Flow.Gated() {
-			ids = append(ids, id)
+		switch f := d.exec.Flow; {
+		case !f.Gated():
+			free = append(free, id)
+		case len(f.Concurrency) == 1 && f.Throttle == nil:
+			reserved = append(reserved, id)
 		}
 	}
-	return ids
+	return free, reserved
 }

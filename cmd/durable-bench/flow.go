@@ -110,6 +110,7 @@ func (e *env) flowHandoff(ctx context.Context, base baseline, schema string) err
 		}
 		defer func() { _ = g.close(ctx) }()
 		t0 := time.Now()
+		snap := g.tr.snap()
 		if err := sendAll(ctx, g.client, "bench/"+role, n, e.o.Senders); err != nil {
 			return 0, nil, err
 		}
@@ -127,6 +128,9 @@ func (e *env) flowHandoff(ctx context.Context, base baseline, schema string) err
 			time.Sleep(20 * time.Millisecond)
 		}
 		el := time.Since(t0)
+		if e.o.Statements {
+			e.printf("      %s, statements per run:\n%s", role, indent(diffTrace(snap, g.tr.snap()).table(n, "run", 12), "        "))
+		}
 		if conc != nil && most.Load() > limit {
 			return 0, nil, fmt.Errorf("%s: %d steps ran at once, over the limit of %d", role, most.Load(), limit)
 		}

@@ -72,6 +72,10 @@ type Config struct {
 	// gates: an attempt of one of their runs loads and claims it in one
 	// statement.
 	Claimable []string
+	// Reserved lists the functions of this process with one concurrency
+	// gate and no throttle: a run of theirs that holds its reservation is
+	// claimed the same way (it passed its gate when created or promoted).
+	Reserved []string
 	// KickWaker tells the waker a suspended run is due at t; KickRouter
 	// that system events were stored; NoteAttempter makes sure the River
 	// client working a job has a heartbeat.

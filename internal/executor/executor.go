@@ -306,6 +306,8 @@ func (e *Executor) execute(ctx context.Context, job *river.Job[riverjobs.RunArgs
 	var err error
 	switch {
 	case claimed:
+		// A gated run claimed with its reservation holds its slot.
+		rs.gated = def.Flow.Gated()
 	case def.Flow.Gated():
 		err = rs.admitAndClaim(ctx, lr.status)
 		if errors.Is(err, errParked) {
@@ -777,7 +779,7 @@ func (e *Executor) claimLoad(ctx context.Context, runID, worker, token string) (
 	var events, steps []byte
 	var claimed bool
 	err := e.pool.QueryRow(ctx, e.q.ClaimLoad, pgx.NamedArgs{
-		"run_id": runID, "worker": worker, "token": token, "functions": e.cfg.Claimable,
+		"run_id": runID, "worker": worker, "token": token, "functions": e.cfg.Claimable, "reserved": e.cfg.Reserved,
 		"recover": e.cfg.RecoverAfter.Seconds(),
 	}).Scan(&claimed,
 		&lr.functionID, &lr.status, &events, &lr.ownerWorker, &lr.epoch, &lr.fnAttempts, &lr.wakeAt, &lr.lastErr,

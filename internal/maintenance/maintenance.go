@@ -131,6 +131,7 @@ func (s *Services) start(ctx context.Context) {
 	s.loop(ctx, every, "heartbeat", s.Heartbeat)
 	s.loop(ctx, every, "recovery", s.rescue)
 	s.loop(ctx, time.Second, "timeouts", s.ExpireRuns)
+	s.loop(ctx, time.Second, "flow control", s.reapSlots)
 	if s.pruner != nil {
 		s.loop(ctx, s.cfg.Retention.Interval, "retention", func(ctx context.Context) error {
 			_, _, err := s.pruner.Sweep(ctx)
@@ -266,21 +267,26 @@ func (s *Services) rescue(ctx context.Context) error {
 		s.logger.InfoContext(ctx, "durable: recovered runs of dead workers", "count", n, "run_ids", runIDs)
 		s.KickWaker(time.Now())
 	}
-	// Concurrency slots of dead processes (and lapsed reservations) go to
-	// the runs waiting at their gates; a promotion that was missed is made.
-	var promoted int
-	if err := s.pool.QueryRow(ctx, s.q.ReapSlots, s.router.Channel()).Scan(&promoted); err != nil {
-		return err
-	}
-	if promoted > 0 {
-		s.logger.DebugContext(ctx, "durable: runs waiting at flow-control gates given slots that lapsed", "count", promoted)
-	}
 	if rand.IntN(100) == 0 {
 		if _, err = s.pool.Exec(ctx, s.q.PruneWorkers); err == nil {
 			_, err = s.pool.Exec(ctx, s.q.PruneFunctionWorkers)
 		}
 	}
 	return err
+}
+
+// reapSlots gives the concurrency slots of dead processes (and lapsed
+// reservations) to the runs waiting at their gates, and makes a promotion
+// that was missed (a run that joined a queue as its last slot freed).
+func (s *Services) reapSlots(ctx context.Context) error {
+	var promoted int
+	if err := s.pool.QueryRow(ctx, s.q.ReapSlots, s.router.Channel()).Scan(&promoted); err != nil {
+		return err
+	}
+	if promoted > 0 {
+		s.logger.DebugContext(ctx, "durable: runs waiting at flow-control gates given free slots", "count", promoted)
+	}
+	return nil
 }
 
 // ExpireRuns cancels runs past their Timeouts.Start or Timeouts.Finish.

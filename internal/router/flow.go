@@ -359,14 +359,13 @@ func (rt *Router) priority(ctx context.Context, functionID, src string, ev map[s
 }
 
 // enqueue decides, for new runs of functions with Concurrency or
-// Throttle, whether each may start at once (durable_enqueue), after
-// locking all their gates in name order.
+// Throttle, whether each may start at once (durable_enqueue_many: a run
+// for a gate with a backlog joins its queue without the gate's lock).
 func (rt *Router) enqueue(ctx context.Context, tx pgx.Tx, runs []pendingRun, runIDs []string) error {
 	var rids, gates, limits []string
 	var prios, bursts []int32
 	var throttles []*string
 	var emissions []time.Duration
-	var all []string
 	for i, r := range runs {
 		if runIDs[i] == "" || !r.cfg.Gated() || !r.startAt.IsZero() {
 			continue // collecting runs pass their gates when they start
@@ -378,18 +377,11 @@ func (rt *Router) enqueue(ctx context.Context, tx pgx.Tx, runs []pendingRun, run
 		}
 		rids, gates, limits, prios = append(rids, runIDs[i]), append(gates, strings.Join(a.Gates, "\x1f")), append(limits, strings.Join(ls, ",")), append(prios, a.Priority)
 		throttles, emissions, bursts = append(throttles, a.Throttle), append(emissions, a.Emission), append(bursts, a.Burst)
-		all = append(all, a.Gates...)
-		if a.Throttle != nil {
-			all = append(all, *a.Throttle)
-		}
 	}
 	if len(rids) == 0 {
 		return nil
 	}
-	b := &pgx.Batch{}
-	b.Queue(rt.q.GateLock, all)
-	b.Queue(rt.q.Enqueue, rids, gates, limits, prios, rt.recoverAfter.Seconds(), throttles, emissions, bursts)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if _, err := tx.Exec(ctx, rt.q.Enqueue, rids, gates, limits, prios, rt.recoverAfter.Seconds(), throttles, emissions, bursts); err != nil {
 		return fmt.Errorf("durable: flow control of new runs: %w", err)
 	}
 	return nil

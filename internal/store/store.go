@@ -63,7 +63,7 @@ type Queries struct {
 	PruneIdempotencyKeys, PruneCronTicks, PruneFlowState string
 	// flow.sql
 	RateLimitTake, InsertSkippedRun, SingletonHolder, SingletonTake, CollectLock, CollectRead, CollectBatch,
-	CollectDebounce, NoteRunEvent, CollectSet, CollectDone, ScheduleJob, Enqueue, GateLock string
+	CollectDebounce, NoteRunEvent, CollectSet, CollectDone, ScheduleJob, Enqueue string
 	// list.sql
 	ListRuns, ListFunctionRuns, RerunSource, MarkRerun, CopyRerunSteps string
 	// browse.sql

@@ -1,4 +1,5 @@
 DROP FUNCTION IF EXISTS {{schema}}.durable_reap_slots(text);
+DROP FUNCTION IF EXISTS {{schema}}.durable_enqueue_many(text[], text[], text[], integer[], float8, text[], interval[], integer[]);
 DROP FUNCTION IF EXISTS {{schema}}.durable_admit(text, text, text[], integer[], integer, text, interval, integer, float8, text);
 DROP FUNCTION IF EXISTS {{schema}}.durable_release(text, text);
 DROP FUNCTION IF EXISTS {{schema}}.durable_enqueue(text, text[], integer[], integer, float8, text, interval, integer);

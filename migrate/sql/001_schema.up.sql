@@ -708,6 +708,63 @@ BEGIN
 END;
 $$;
 
+-- durable_enqueue_many passes the gates of a transaction's new runs
+-- (durable_enqueue for each). A gate where runs are already waiting is a
+-- backlog: a new run joins its queue without taking the gate's lock (it
+-- would wait behind them whatever the count), so senders do not serialize
+-- with the attempts that end and hand their slots on. If the last slot
+-- frees between this read and the commit, the maintenance loop promotes
+-- the run within a second (durable_reap_slots). The other gates are locked
+-- first, all of them, in name order. $2 holds each run's concurrency gates
+-- joined by chr(31), $3 their limits joined by commas. Returns how many
+-- runs may start at once.
+CREATE FUNCTION {{schema}}.durable_enqueue_many(p_ids text[], p_gates text[], p_limits text[], p_priorities integer[],
+    p_recover float8, p_throttles text[], p_emissions interval[], p_bursts integer[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    all_gates text[];
+    backlog text[];
+    i integer;
+    gs text[];
+    ls integer[];
+    b integer;
+    v_order timestamptz;
+    n integer := 0;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT g), '{}') INTO all_gates
+    FROM unnest(p_gates) AS x(joined), unnest(string_to_array(x.joined, chr(31))) AS g;
+    SELECT coalesce(array_agg(g), '{}') INTO backlog FROM unnest(all_gates) AS g
+    WHERE EXISTS (SELECT 1 FROM {{schema}}.durable_gate_wait w WHERE w.gate = g);
+    PERFORM {{schema}}.durable_gate_lock(
+        ARRAY(SELECT g FROM unnest(all_gates) AS g WHERE g <> ALL (backlog))
+        || ARRAY(SELECT t FROM unnest(p_throttles) AS t WHERE t IS NOT NULL));
+    FOR i IN 1 .. cardinality(p_ids) LOOP
+        gs := string_to_array(p_gates[i], chr(31));
+        ls := string_to_array(p_limits[i], ',')::integer[];
+        b := NULL;
+        FOR j IN 1 .. coalesce(cardinality(gs), 0) LOOP
+            IF gs[j] = ANY (backlog) THEN
+                b := j;
+                EXIT;
+            END IF;
+        END LOOP;
+        IF b IS NOT NULL THEN
+            SELECT created_at - make_interval(secs => p_priorities[i]) INTO v_order
+            FROM {{schema}}.durable_run WHERE id = p_ids[i];
+            INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
+            VALUES (gs[b], p_ids[i], v_order, ls[b], p_recover);
+            UPDATE {{schema}}.river_job SET state = 'scheduled', scheduled_at = now() + interval '10 years'
+            WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = p_ids[i]);
+            CONTINUE;
+        END IF;
+        IF {{schema}}.durable_enqueue(p_ids[i], gs, ls, p_priorities[i], p_recover, p_throttles[i], p_emissions[i], p_bursts[i]) THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+
 -- durable_reap_slots hands the slots of dead processes (and lapsed
 -- reservations) to the runs waiting for them: the maintenance loop calls
 -- it every few seconds. Returns how many runs it promoted.
@@ -717,9 +774,19 @@ DECLARE
     g text;
     n integer := 0;
 BEGIN
-    FOR g IN SELECT DISTINCT s.gate FROM {{schema}}.durable_slot s
+    -- Gates holding a lapsed slot, and gates whose first waiting run would
+    -- fit (a run that joined the queue without the gate's lock, see
+    -- durable_enqueue_many, just after the last slot freed): read without
+    -- locks, then each is locked and promoted.
+    FOR g IN
+        SELECT DISTINCT s.gate FROM {{schema}}.durable_slot s
         WHERE NOT {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs)
-        UNION SELECT DISTINCT w.gate FROM {{schema}}.durable_gate_wait w WHERE w.lim > 0
+        UNION
+        SELECT h.gate FROM (
+            SELECT DISTINCT ON (w.gate) w.gate, w.lim FROM {{schema}}.durable_gate_wait w
+            WHERE w.lim > 0 ORDER BY w.gate, w.order_at, w.run_id) h
+        WHERE (SELECT count(*) FROM {{schema}}.durable_slot s
+               WHERE s.gate = h.gate AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs)) < h.lim
         ORDER BY 1 LIMIT 1000
     LOOP
         PERFORM {{schema}}.durable_gate_lock(ARRAY[g]);

@@ -96,16 +96,8 @@ WITH j AS (
 SELECT count(pg_notify($3, json_build_object('queue', j.queue)::text)) FROM j WHERE j.state = 'available';
 
 -- name: Enqueue
--- Whether each new run of a function with Concurrency or Throttle may
--- start at once (see durable_enqueue); else it waits at a gate. $2 holds
--- each run's concurrency gates joined by chr(31), $3 their limits joined
--- by commas; $6..$8 its throttle gate (NULL for none), emission interval
--- and burst. The caller locks every gate first (GateLock), in name order.
-SELECT {{schema}}.durable_enqueue(x.id, string_to_array(x.gates, chr(31)), string_to_array(x.limits, ',')::int[],
-    x.priority, $5, x.throttle, x.emission, x.burst)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $6::text[], $7::interval[], $8::int[])
-    WITH ORDINALITY AS x(id, gates, limits, priority, throttle, emission, burst, n)
-ORDER BY x.n;
-
--- name: GateLock
-SELECT {{schema}}.durable_gate_lock($1::text[]);
+-- Passes the gates of a transaction's new runs (durable_enqueue_many):
+-- $1 run IDs, $2 their concurrency gates joined by chr(31), $3 their limits
+-- joined by commas, $4 priorities, $5 RecoverAfter in seconds, $6..$8
+-- throttle gates (NULL for none), emission intervals and bursts.
+SELECT {{schema}}.durable_enqueue_many($1::text[], $2::text[], $3::text[], $4::int[], $5::float8, $6::text[], $7::interval[], $8::int[]);

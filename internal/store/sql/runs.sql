@@ -21,10 +21,13 @@ WHERE r.id = $1;
 -- The usual attempt's load and claim in one statement. When the run is
 -- plainly this attempt's to take (queued or running, due, not past a
 -- timeout, of a function this process runs without flow-control gates
--- (@functions), held by no live process but this one (@worker)), it is
--- claimed as ClaimRun does and returned with claimed = true (status is then
--- the one before the claim, epoch the one after). Otherwise it is only
--- read, as LoadRun does (claimed = false), and the attempt decides.
+-- (@functions) or with one concurrency gate where the run holds its
+-- reservation (@reserved: it passed the gate when it was created or
+-- promoted; the slot becomes this attempt's), held by no live process but
+-- this one (@worker)), it is claimed as ClaimRun does and returned with
+-- claimed = true (status is then the one before the claim, epoch the one
+-- after). Otherwise it is only read, as LoadRun does (claimed = false), and
+-- the attempt decides (durable_admit for gated functions).
 WITH c AS (
     UPDATE {{schema}}.durable_run r SET
         owner_worker = @worker, owner_token = @token, epoch = r.epoch + 1, status = 'running',
@@ -32,7 +35,9 @@ WITH c AS (
         finish_deadline = coalesce(r.finish_deadline, now() + r.finish_timeout),
         updated_at = now()
     WHERE r.id = @run_id AND r.status IN ('queued', 'running')
-      AND r.function_id = ANY (@functions::text[])
+      AND (r.function_id = ANY (@functions::text[])
+           OR (r.function_id = ANY (@reserved::text[])
+               AND EXISTS (SELECT 1 FROM {{schema}}.durable_slot s WHERE s.run_id = r.id)))
       AND (r.wake_at IS NULL OR r.wake_at <= now() + interval '5 milliseconds')
       AND NOT (r.status = 'queued' AND coalesce(r.start_deadline < now(), false))
       AND NOT coalesce(r.finish_deadline < now(), false)
@@ -41,6 +46,10 @@ WITH c AS (
           WHERE w.id = r.owner_worker AND w.heartbeat_at > now() - make_interval(secs => @recover::float8)))
     RETURNING r.id, r.function_id, r.events, r.epoch, r.fn_attempts, r.wake_at, r.error, r.log_lines, r.created_at,
         r.started_at = now() AS first
+), sl AS (
+    UPDATE {{schema}}.durable_slot s SET worker = @worker, recover_secs = @recover::float8, acquired_at = now()
+    FROM c WHERE s.run_id = c.id
+    RETURNING 1
 )
 SELECT true, c.function_id, CASE WHEN c.first THEN 'queued' ELSE 'running' END, c.events, NULL::text, c.epoch,
     c.fn_attempts, c.wake_at, c.error, false, false, false, c.log_lines,
