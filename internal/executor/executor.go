@@ -771,4 +771,3 @@ func (rs *runState) stopAttempt(ctx context.Context, o outcome) outcome {
 	}
 	return o
 }
-
