@@ -63,6 +63,8 @@ type options struct {
 	// number of keys of 9c (whose hot key has three tenths as many runs).
 	FlowRuns int
 	FlowKeys int
+	// WakeRuns is the number of runs section 10 wakes at once.
+	WakeRuns int
 	// LogOutput receives the library's warnings and errors.
 	LogOutput io.Writer
 }
@@ -77,7 +79,7 @@ func defaultOptions() options {
 		LatencyPause:     20 * time.Millisecond,
 		Senders:          16,
 		SendBatches:      []int{1, 20},
-		Phases:           "123456789",
+		Phases:           "1234567890",
 		BaselineCommits:  500,
 		BaselineWarmup:   50,
 		BaselineConns:    32,
@@ -96,6 +98,7 @@ func defaultOptions() options {
 		PruneConcurrency: 8,
 		FlowRuns:         2000,
 		FlowKeys:         1000,
+		WakeRuns:         10000,
 	}
 }
 
@@ -107,7 +110,7 @@ func (o options) check() error {
 		"-baseline-commits": o.BaselineCommits, "-max-workers": o.MaxWorkers, "-pool-conns": o.PoolConns,
 		"-river-batch": o.RiverBatch, "-wait-samples": o.WaitSamples, "-open-waits": o.OpenWaits,
 		"-send-cost-samples": o.SendCostSamples, "-list-runs": o.ListRuns,
-		"-prune-runs": o.PruneRuns, "-prune-concurrency": o.PruneConcurrency, "-flow-runs": o.FlowRuns, "-flow-keys": o.FlowKeys,
+		"-prune-runs": o.PruneRuns, "-prune-concurrency": o.PruneConcurrency, "-flow-runs": o.FlowRuns, "-flow-keys": o.FlowKeys, "-wake-runs": o.WakeRuns,
 	} {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1 (got %d)", name, v))
@@ -121,8 +124,8 @@ func (o options) check() error {
 			errs = append(errs, fmt.Errorf("-send-batches: %d is not a batch size", b))
 		}
 	}
-	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "123456789") != "" {
-		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 9, and 1 (the reference for the others) is required", o.Phases))
+	if !strings.Contains(o.Phases, "1") || strings.Trim(o.Phases, "1234567890") != "" {
+		errs = append(errs, fmt.Errorf("-phases %q: digits 1 to 9 and 0 (section 10), and 1 (the reference for the others) is required", o.Phases))
 	}
 	if o.PruneWindow <= 0 {
 		errs = append(errs, errors.New("-prune-window must be positive"))
@@ -312,6 +315,12 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	if strings.Contains(o.Phases, "9") {
 		if err := e.flowControl(ctx, base); err != nil {
 			return fmt.Errorf("section 9 (flow control): %w", err)
+		}
+	}
+
+	if strings.Contains(o.Phases, "0") {
+		if err := e.wakeUp(ctx); err != nil {
+			return fmt.Errorf("section 10 (wake-up): %w", err)
 		}
 	}
 

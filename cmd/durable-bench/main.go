@@ -7,7 +7,7 @@
 //
 // It finds Postgres the way the tests do (internal/testdb: TEST_DATABASE_URL,
 // DATABASE_URL, else the local server), creates a fresh schema named
-// bench_<random hex> with migrate.Up, runs nine phases and drops the schema
+// bench_<random hex> with migrate.Up, runs ten phases and drops the schema
 // (sections 6 and 7 make schemas of their own, and drop them):
 //
 //  1. Machine limit, with no engine involved: the latency of a one-row
@@ -70,6 +70,9 @@
 //     Limit 1 sent behind a hot key's backlog, the start delay of each
 //     (p99 <= 100 ms); and -steps-seq sequential steps with BufferedSteps
 //     10 against the default (transactions and ms per step).
+//  10. Wake-up (phase digit 0, wakeup.go): -wake-runs runs created and
+//     put to sleep until the same instant T, then each runs one step: how
+//     long after T each step starts (target: all within 2 s).
 //
 // Every engine phase builds its own client (MaxWorkers 100, RecoverAfter
 // default) on its own pgxpool (MaxConns 40), and reports what it cost,
@@ -129,7 +132,8 @@ func main() {
 		}
 		return nil
 	})
-	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 9 (1 is always needed)")
+	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 9 and 0 for section 10 (1 is always needed)")
+	flag.IntVar(&o.WakeRuns, "wake-runs", o.WakeRuns, "wake-up phase: runs sleeping until the same instant")
 	flag.IntVar(&o.FlowRuns, "flow-runs", o.FlowRuns, "flow-control phase: queued runs behind Concurrency{Limit: 10}")
 	flag.IntVar(&o.FlowKeys, "flow-keys", o.FlowKeys, "flow-control phase: keys at Concurrency{Limit: 1} sent behind a hot key's backlog")
 	flag.Func("engine-param", "a session setting for the engine's pools, as name=value (repeatable; e.g. synchronous_commit=off)", func(s string) error {

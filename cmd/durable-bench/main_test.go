@@ -43,6 +43,7 @@ func TestSmoke(t *testing.T) {
 	o.PruneConcurrency = 2
 	o.FlowRuns = 40
 	o.FlowKeys = 20
+	o.WakeRuns = 20
 	var logs bytes.Buffer
 	o.LogOutput = &logs
 
@@ -84,6 +85,8 @@ func TestSmoke(t *testing.T) {
 		"slot freed (a run's function returned) -> next run's step: p50",
 		"start delay of each key's run",
 		"BufferedSteps 10:",
+		"== 10. Wake-up: 20 runs sleeping until the same instant",
+		"T -> step \"after\" starts: p50",
 		"== Summary ==",
 		"library log records at WARN or above: 0 (ERROR: 0)",
 	} {
