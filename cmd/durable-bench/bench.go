@@ -65,6 +65,9 @@ type options struct {
 	FlowKeys int
 	// WakeRuns is the number of runs section 10 wakes at once.
 	WakeRuns int
+	// PreloadEnded and PreloadSleeping fill the bench schema before the
+	// engine phases (see preload.go); 0 for none.
+	PreloadEnded, PreloadSleeping int
 	// LogOutput receives the library's warnings and errors.
 	LogOutput io.Writer
 }
@@ -129,6 +132,9 @@ func (o options) check() error {
 	}
 	if o.PruneWindow <= 0 {
 		errs = append(errs, errors.New("-prune-window must be positive"))
+	}
+	if o.PreloadEnded < 0 || o.PreloadSleeping < 0 {
+		errs = append(errs, errors.New("-preload-ended and -preload-sleeping must not be negative"))
 	}
 	if o.RiverJobs < 0 {
 		errs = append(errs, fmt.Errorf("-river-jobs must not be negative (got %d)", o.RiverJobs))
@@ -258,6 +264,9 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	e.printf("machine load average (1 min): %s; other client connections on the server: %d (the machine and database may be shared)\n",
 		loadAvg(), others)
 	admin.Close() // its backends' statistics must be flushed before the first snapshot
+	if err := e.preload(ctx); err != nil {
+		return err
+	}
 	start := time.Now()
 
 	base, err := e.machineLimit(ctx)

@@ -134,6 +134,8 @@ func main() {
 	})
 	flag.StringVar(&o.Phases, "phases", o.Phases, "phases to run, as digits 1 to 9 and 0 for section 10 (1 is always needed)")
 	flag.IntVar(&o.WakeRuns, "wake-runs", o.WakeRuns, "wake-up phase: runs sleeping until the same instant")
+	flag.IntVar(&o.PreloadEnded, "preload-ended", 0, "fill the bench schema first with this many ended runs (3 steps each): figures must stay flat as tables grow")
+	flag.IntVar(&o.PreloadSleeping, "preload-sleeping", 0, "fill the bench schema first with this many sleeping runs (a scheduled River job each)")
 	flag.IntVar(&o.FlowRuns, "flow-runs", o.FlowRuns, "flow-control phase: queued runs behind Concurrency{Limit: 10}")
 	flag.IntVar(&o.FlowKeys, "flow-keys", o.FlowKeys, "flow-control phase: keys at Concurrency{Limit: 1} sent behind a hot key's backlog")
 	flag.Func("engine-param", "a session setting for the engine's pools, as name=value (repeatable; e.g. synchronous_commit=off)", func(s string) error {

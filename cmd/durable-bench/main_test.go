@@ -44,6 +44,8 @@ func TestSmoke(t *testing.T) {
 	o.FlowRuns = 40
 	o.FlowKeys = 20
 	o.WakeRuns = 20
+	o.PreloadEnded = 100
+	o.PreloadSleeping = 50
 	var logs bytes.Buffer
 	o.LogOutput = &logs
 
@@ -57,6 +59,7 @@ func TestSmoke(t *testing.T) {
 
 	report := out.String()
 	for _, want := range []string{
+		"preloaded: 100 ended runs (3 steps each) and 50 sleeping runs",
 		"== 1. Machine limit",
 		"(a) 1 connection",
 		"(b) 4 connections",
