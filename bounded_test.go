@@ -325,3 +325,30 @@ func TestExpireRunsDrainsEveryBatchInOneSweep(t *testing.T) {
 	require.NoError(t, b.pool.QueryRow(b.ctx, `SELECT count(*) FROM `+b.schema+`.durable_run WHERE status = 'cancelled' AND error LIKE '%Timeouts.Start%'`).Scan(&cancelled))
 	require.Equal(t, runs, cancelled, "one sweep cancels them all")
 }
+
+// RunsForEvent reads indexes only, whatever the number of runs: by the
+// event's first-event index and the folded events' table, never a scan of
+// durable_run (an OR of the two was planned as one).
+func TestRunsForEventReadsIndexes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.pool.Exec(b.ctx, `INSERT INTO `+b.schema+`.durable_run (id, function_id, status, event_id, event_ids, events)
+		SELECT 'r' || g, 'f', 'completed', 'e' || g, ARRAY['e' || g], '[]' FROM generate_series(1, 20000) g`)
+	require.NoError(t, err)
+	_, err = b.pool.Exec(b.ctx, `INSERT INTO `+b.schema+`.durable_run_event (event_id, run_id)
+		SELECT 'f' || g, 'r' || g FROM generate_series(1, 2000) g`)
+	require.NoError(t, err)
+	_, err = b.pool.Exec(b.ctx, `ANALYZE `+b.schema+`.durable_run; ANALYZE `+b.schema+`.durable_run_event`)
+	require.NoError(t, err)
+	q, err := durable.QueryForTest(b.schema, "RunsForEvent")
+	require.NoError(t, err)
+	for _, ev := range []string{"e7", "f7"} {
+		var plan []byte
+		require.NoError(t, b.pool.QueryRow(b.ctx, "EXPLAIN (FORMAT JSON) "+q, ev).Scan(&plan))
+		require.NotRegexp(t, `"Node Type": "Seq Scan"[^}]*"Relation Name": "durable_run"[,\s]`, string(plan))
+		runs, err := b.client(durable.Config{}).RunsForEvent(b.ctx, ev)
+		require.NoError(t, err)
+		require.Len(t, runs, 1, "event %s", ev)
+		require.Equal(t, "r7", runs[0].ID)
+	}
+}

@@ -167,9 +167,13 @@ FROM {{schema}}.durable_step WHERE run_id = $1 ORDER BY seq;
 SELECT id, function_id, status, event_ids, output, coalesce(error, ''), created_at, started_at, ended_at,
     coalesce(parent_run_id, ''), coalesce(rerun_of, '')
 FROM {{schema}}.durable_run
-WHERE event_id = $1
-   -- events folded into a run after its first (Debounce, Batch)
-   OR id IN (SELECT run_id FROM {{schema}}.durable_run_event WHERE event_id = $1)
+-- By its first event (durable_run_event_id_idx), or an event folded into it
+-- after its first (Debounce, Batch): a UNION of the two index lookups (an
+-- OR of them is planned as a sequential scan of durable_run).
+WHERE id IN (
+    SELECT r.id FROM {{schema}}.durable_run r WHERE r.event_id = $1
+    UNION
+    SELECT e.run_id FROM {{schema}}.durable_run_event e WHERE e.event_id = $1)
 ORDER BY created_at, id;
 
 -- name: RunExists
