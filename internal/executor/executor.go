@@ -189,14 +189,7 @@ func (e *Executor) attempt(ctx context.Context, job *river.Job[riverjobs.RunArgs
 	// unusual one (not due, held by a live process, timed out, of a
 	// function this process lacks or gates) is only loaded, and decided
 	// below.
-	var lr *loadedRun
-	var err error
-	claimedNow := false
-	if e.stopping.Load() {
-		lr, err = e.loadRun(ctx, runID)
-	} else {
-		lr, claimedNow, err = e.claimLoad(ctx, runID, attempter, token)
-	}
+	lr, claimedNow, err := e.claimLoad(ctx, runID, attempter, token, !e.stopping.Load())
 	if errors.Is(err, pgx.ErrNoRows) {
 		e.logger.WarnContext(ctx, "durable: job for an unknown run; dropping it", "run_id", runID, "job_id", job.ID)
 		return done()

@@ -52,7 +52,7 @@ type Queries struct {
 	// waits.sql
 	InsertWaits, MatchWaits, TakeWait, ClaimTimeout, DeliveredSince, GetStep string
 	// runs.sql
-	LoadRun, ClaimLoad, ClaimRun, Admit, ReapSlots, ClaimedEvents, CommitStep, CommitSteps, RunStatus, LockRun, CheckJSON,
+	ClaimLoad, ClaimRun, Admit, ReapSlots, ClaimedEvents, CommitStep, CommitSteps, RunStatus, LockRun, CheckJSON,
 	GetRun, GetSteps, RunsForEvent, RunExists, CancelCandidates string
 	// upkeep.sql
 	Heartbeat, DeleteWorker, PruneWorkers, ClaimCronTick, SetCronTickRun string

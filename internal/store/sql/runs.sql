@@ -2,21 +2,6 @@
 -- Each query starts with "-- name: X" (X is a field of store.Queries);
 -- {{schema}} is replaced by the quoted schema when the store is loaded.
 
--- name: LoadRun
-SELECT r.function_id, r.status, r.events, r.owner_worker, r.epoch, r.fn_attempts, r.wake_at, r.error,
-    r.start_deadline < now() AS start_expired, r.finish_deadline < now() AS finish_expired,
-    coalesce(w.heartbeat_at > now() - make_interval(secs => $2::float8), false) AS owner_alive,
-    r.log_lines, extract(epoch FROM now() - r.created_at)::float8 AS age,
-    coalesce((
-        SELECT json_agg(json_build_object(
-            'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
-            'attempts', s.attempts, 'output', s.output, 'error', s.error, 'wake_at', s.wake_at)
-            ORDER BY s.seq)
-        FROM {{schema}}.durable_step s WHERE s.run_id = r.id), '[]'::json) AS steps
-FROM {{schema}}.durable_run r
-LEFT JOIN {{schema}}.durable_worker w ON w.id = r.owner_worker
-WHERE r.id = $1;
-
 -- name: ClaimLoad
 -- The usual attempt's load and claim in one statement. When the run is
 -- plainly this attempt's to take (queued or running, due, not past a
@@ -26,8 +11,9 @@ WHERE r.id = $1;
 -- promoted; the slot becomes this attempt's), held by no live process but
 -- this one (@worker)), it is claimed as ClaimRun does and returned with
 -- claimed = true (status is then the one before the claim, epoch the one
--- after). Otherwise it is only read, as LoadRun does (claimed = false), and
--- the attempt decides (durable_admit for gated functions).
+-- after). Otherwise it is only read (claimed = false; with empty
+-- @functions and @reserved, always), and the attempt decides
+-- (durable_admit for gated functions).
 WITH c AS (
     UPDATE {{schema}}.durable_run r SET
         owner_worker = @worker, owner_token = @token, epoch = r.epoch + 1, status = 'running',
@@ -44,28 +30,25 @@ WITH c AS (
       AND (r.owner_worker IS NULL OR r.owner_worker = @worker OR NOT EXISTS (
           SELECT 1 FROM {{schema}}.durable_worker w
           WHERE w.id = r.owner_worker AND w.heartbeat_at > now() - make_interval(secs => @recover::float8)))
-    RETURNING r.id, r.function_id, r.events, r.epoch, r.fn_attempts, r.wake_at, r.error, r.log_lines, r.created_at,
-        r.started_at = now() AS first
+    RETURNING r.id, r.events, r.epoch, r.fn_attempts, r.wake_at, r.error, r.log_lines, r.started_at = now() AS first
 ), sl AS (
     UPDATE {{schema}}.durable_slot s SET worker = @worker, recover_secs = @recover::float8, acquired_at = now()
     FROM c WHERE s.run_id = c.id
     RETURNING 1
 )
-SELECT true, c.function_id, CASE WHEN c.first THEN 'queued' ELSE 'running' END, c.events, NULL::text, c.epoch,
-    c.fn_attempts, c.wake_at, c.error, false, false, false, c.log_lines,
-    extract(epoch FROM now() - c.created_at)::float8,
-    coalesce((
-        SELECT json_agg(json_build_object(
-            'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
-            'attempts', s.attempts, 'output', s.output, 'error', s.error, 'wake_at', s.wake_at)
-            ORDER BY s.seq)
-        FROM {{schema}}.durable_step s WHERE s.run_id = c.id), '[]'::json)
-FROM c
-UNION ALL
-SELECT false, r.function_id, r.status, r.events, r.owner_worker, r.epoch, r.fn_attempts, r.wake_at, r.error,
-    r.start_deadline < now(), r.finish_deadline < now(),
-    coalesce(w.heartbeat_at > now() - make_interval(secs => @recover::float8), false),
-    r.log_lines, extract(epoch FROM now() - r.created_at)::float8,
+-- r is the row as the statement found it; what the claim changed comes
+-- from c (its events too: an event may have joined a collecting run
+-- while the claim waited for the row).
+SELECT c.id IS NOT NULL, r.function_id,
+    CASE WHEN c.id IS NULL THEN r.status WHEN c.first THEN 'queued' ELSE 'running' END,
+    coalesce(c.events, r.events),
+    CASE WHEN c.id IS NULL THEN r.owner_worker END,
+    coalesce(c.epoch, r.epoch), coalesce(c.fn_attempts, r.fn_attempts),
+    CASE WHEN c.id IS NULL THEN r.wake_at ELSE c.wake_at END,
+    CASE WHEN c.id IS NULL THEN r.error ELSE c.error END,
+    c.id IS NULL AND r.start_deadline < now(), c.id IS NULL AND r.finish_deadline < now(),
+    c.id IS NULL AND coalesce(w.heartbeat_at > now() - make_interval(secs => @recover::float8), false),
+    coalesce(c.log_lines, r.log_lines), extract(epoch FROM now() - r.created_at)::float8,
     coalesce((
         SELECT json_agg(json_build_object(
             'key', s.key, 'seq', s.seq, 'kind', s.kind, 'status', s.status,
@@ -73,8 +56,9 @@ SELECT false, r.function_id, r.status, r.events, r.owner_worker, r.epoch, r.fn_a
             ORDER BY s.seq)
         FROM {{schema}}.durable_step s WHERE s.run_id = r.id), '[]'::json)
 FROM {{schema}}.durable_run r
+LEFT JOIN c ON true
 LEFT JOIN {{schema}}.durable_worker w ON w.id = r.owner_worker
-WHERE r.id = @run_id AND NOT EXISTS (SELECT 1 FROM c);
+WHERE r.id = @run_id;
 
 -- name: ClaimRun
 -- An attempt takes the run before calling the function: from then on the
