@@ -598,10 +598,10 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	}
 	p := commitParams{status: store.RunRunning, release: true, errText: lastErr, wakeAt: &at}
 	rs.mu.Lock()
-	hooks := rs.hooks
+	hooks, handoff := rs.hooks, rs.handoff
 	rs.hooks = nil
 	rs.mu.Unlock()
-	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !rs.handoff && !rs.e.stopping.Load() && !rs.hasWaiting() {
+	if len(hooks) == 0 && time.Until(at) <= shortSuspend && !handoff && !rs.e.stopping.Load() && !rs.hasWaiting() {
 		if err := rs.commit(ctx, rs.e.pool, p); err != nil {
 			return rs.afterFailedSuspend(ctx, err)
 		}
@@ -647,13 +647,11 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 			// in this attempt.
 			p.wakeAt = nil
 		} else {
-			next, err := rs.e.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
-				Queue: rs.e.cfg.Queue, MaxAttempts: router.RunJobMaxAttempts, ScheduledAt: at,
-			})
+			next, err := rs.continuation(ctx, tx, at)
 			if err != nil {
-				return fmt.Errorf("durable: run %s: inserting continuation job: %w", rs.runID, err)
+				return err
 			}
-			p.completeJob, p.newJobID = true, &next.Job.ID
+			p.completeJob, p.newJobID = true, &next
 		}
 		res, err := rs.commitIn(ctx, tx, p)
 		if err != nil {
@@ -673,6 +671,18 @@ func (rs *runState) suspend(ctx context.Context, at time.Time, lastErr *string) 
 	}
 	rs.e.cfg.KickWaker(at)
 	return done()
+}
+
+// continuation inserts, in tx, the River job that continues the run at at
+// (the attempt's own job is completed in the same transaction).
+func (rs *runState) continuation(ctx context.Context, tx pgx.Tx, at time.Time) (int64, error) {
+	next, err := rs.e.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
+		Queue: rs.e.cfg.Queue, MaxAttempts: router.RunJobMaxAttempts, ScheduledAt: at,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("durable: run %s: inserting continuation job: %w", rs.runID, err)
+	}
+	return next.Job.ID, nil
 }
 
 // runHook runs a suspend hook in a savepoint: when it fails for a reason

@@ -8,11 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 
-	"github.com/pgdurable/durable/internal/router"
 	"github.com/pgdurable/durable/internal/store"
-	"github.com/pgdurable/durable/riverjobs"
 )
 
 // Flow control at the start of an attempt: Concurrency and Throttle are
@@ -62,14 +59,12 @@ func (rs *runState) admitAndClaim(ctx context.Context, status string) error {
 	// gate lets it through. The run keeps its status (queued, or running
 	// for a run resuming after a sleep or a wait) and its wake_at clear:
 	// its job's schedule is the gate's business.
-	next, err := rs.e.river.InsertTx(ctx, tx, riverjobs.RunArgs{RunID: rs.runID}, &river.InsertOpts{
-		Queue: rs.e.cfg.Queue, MaxAttempts: router.RunJobMaxAttempts, ScheduledAt: *due,
-	})
+	next, err := rs.continuation(ctx, tx, *due)
 	if err != nil {
-		return fmt.Errorf("durable: run %s: inserting the job that waits at a gate: %w", rs.runID, err)
+		return err
 	}
 	if _, err := rs.commitIn(ctx, tx, commitParams{status: status, release: true, errText: rs.lastErr,
-		completeJob: true, newJobID: &next.Job.ID}); err != nil {
+		completeJob: true, newJobID: &next}); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
