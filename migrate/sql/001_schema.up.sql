@@ -481,16 +481,13 @@ RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     w record;
     n integer := 0;
-    live integer;
     q text;
 BEGIN
     LOOP
-        SELECT gw.run_id, gw.lim, gw.recover_secs INTO w FROM {{schema}}.durable_gate_wait gw
+        SELECT gw.run_id, gw.order_at, gw.lim, gw.recover_secs INTO w FROM {{schema}}.durable_gate_wait gw
         WHERE gw.gate = p_gate ORDER BY gw.order_at, gw.run_id LIMIT 1;
         EXIT WHEN NOT FOUND OR w.lim = 0;
-        SELECT count(*) INTO live FROM {{schema}}.durable_slot s
-        WHERE s.gate = p_gate AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs);
-        EXIT WHEN live >= w.lim;
+        EXIT WHEN NOT {{schema}}.durable_gate_fits(p_gate, w.run_id, w.order_at, w.lim);
         DELETE FROM {{schema}}.durable_gate_wait WHERE gate = p_gate AND run_id = w.run_id;
         INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs)
         VALUES (p_gate, w.run_id, NULL, w.recover_secs)
@@ -535,6 +532,60 @@ BEGIN
 END;
 $$;
 
+-- durable_gate_fits: whether a run (ordered at p_order) may take a slot at
+-- a concurrency gate: fewer live slots than p_limit, and no other run
+-- waiting there before it. The caller holds the gate's lock.
+CREATE FUNCTION {{schema}}.durable_gate_fits(p_gate text, p_run_id text, p_order timestamptz, p_limit integer)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT (SELECT count(*) FROM {{schema}}.durable_slot s
+            WHERE s.gate = p_gate AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs)) < p_limit
+       AND NOT EXISTS (SELECT 1 FROM {{schema}}.durable_gate_wait w
+            WHERE w.gate = p_gate AND w.run_id <> p_run_id AND (w.order_at, w.run_id) < (p_order, p_run_id))
+$$;
+
+-- durable_throttle_take admits a run's first start at a throttle gate
+-- (GCRA: emission interval p_emission, p_burst more after an idle spell)
+-- when no other run waits there before it: NULL, the gate's next admission
+-- time advanced. Otherwise it returns the run's estimated turn: the next
+-- admission, one emission interval later per run waiting before it (woken
+-- early, because a run ahead was late, it waits again). The caller holds
+-- the gate's lock.
+CREATE FUNCTION {{schema}}.durable_throttle_take(p_gate text, p_run_id text, p_order timestamptz,
+    p_emission interval, p_burst integer)
+RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    v_tat timestamptz;
+    tau interval := p_emission * p_burst;
+    ahead integer;
+BEGIN
+    SELECT d.tat INTO v_tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_gate FOR UPDATE;
+    IF NOT FOUND THEN
+        v_tat := now();
+        INSERT INTO {{schema}}.durable_gcra (gate, tat) VALUES (p_gate, v_tat);
+    END IF;
+    SELECT count(*) INTO ahead FROM {{schema}}.durable_gate_wait w
+    WHERE w.gate = p_gate AND w.run_id <> p_run_id AND (w.order_at, w.run_id) < (p_order, p_run_id);
+    IF ahead = 0 AND v_tat - tau <= now() THEN
+        UPDATE {{schema}}.durable_gcra d SET tat = greatest(d.tat, now()) + p_emission, updated_at = now()
+        WHERE d.gate = p_gate;
+        RETURN NULL;
+    END IF;
+    RETURN greatest(v_tat - tau, now()) + p_emission * ahead;
+END;
+$$;
+
+-- durable_gate_join puts a new run in a gate's queue, its River job due at
+-- p_due (far ahead for a concurrency gate, whose promotion makes it
+-- available; its turn at a throttle gate).
+CREATE FUNCTION {{schema}}.durable_gate_join(p_gate text, p_run_id text, p_order timestamptz, p_limit integer,
+    p_recover float8, p_due timestamptz)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
+    VALUES (p_gate, p_run_id, p_order, p_limit, p_recover);
+    UPDATE {{schema}}.river_job SET state = 'scheduled', scheduled_at = p_due
+    WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = p_run_id);
+$$;
+
 -- durable_admit decides whether an attempt of a run may start: it must fit
 -- every concurrency gate (p_gates, with the function's p_limits) and, on
 -- the run's first start, its throttle gate (p_throttle, GCRA with emission
@@ -553,12 +604,9 @@ DECLARE
     v_order timestamptz;
     i integer;
     g text;
-    live integer;
     refused text;
     refused_lim integer;
-    v_tat timestamptz;
-    tau interval;
-    ahead integer;
+    turn timestamptz;
     due timestamptz := now() + interval '10 years';
 BEGIN
     SELECT created_at, started_at INTO r FROM {{schema}}.durable_run WHERE id = p_run_id FOR UPDATE;
@@ -580,11 +628,7 @@ BEGIN
         IF EXISTS (SELECT 1 FROM {{schema}}.durable_slot WHERE gate = g AND run_id = p_run_id) THEN
             CONTINUE;
         END IF;
-        SELECT count(*) INTO live FROM {{schema}}.durable_slot s
-        WHERE s.gate = g AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs);
-        IF live >= p_limits[i] OR EXISTS (
-            SELECT 1 FROM {{schema}}.durable_gate_wait w
-            WHERE w.gate = g AND w.run_id <> p_run_id AND (w.order_at, w.run_id) < (v_order, p_run_id)) THEN
+        IF NOT {{schema}}.durable_gate_fits(g, p_run_id, v_order, p_limits[i]) THEN
             refused := g;
             refused_lim := p_limits[i];
             EXIT;
@@ -596,24 +640,11 @@ BEGIN
         -- Passed the throttle when it was created (durable_enqueue).
         DELETE FROM {{schema}}.durable_slot WHERE gate = p_throttle AND run_id = p_run_id;
     ELSIF refused IS NULL AND p_throttle IS NOT NULL AND r.started_at IS NULL THEN
-        SELECT d.tat INTO v_tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_throttle FOR UPDATE;
-        IF NOT FOUND THEN
-            v_tat := now();
-            INSERT INTO {{schema}}.durable_gcra (gate, tat) VALUES (p_throttle, v_tat);
-        END IF;
-        tau := p_emission * p_burst;
-        SELECT count(*) INTO ahead FROM {{schema}}.durable_gate_wait w
-        WHERE w.gate = p_throttle AND w.run_id <> p_run_id AND (w.order_at, w.run_id) < (v_order, p_run_id);
-        IF ahead = 0 AND v_tat - tau <= now() THEN
-            UPDATE {{schema}}.durable_gcra d SET tat = greatest(d.tat, now()) + p_emission, updated_at = now()
-            WHERE gate = p_throttle;
-        ELSE
+        turn := {{schema}}.durable_throttle_take(p_throttle, p_run_id, v_order, p_emission, p_burst);
+        IF turn IS NOT NULL THEN
             refused := p_throttle;
             refused_lim := 0;
-            -- Its estimated turn: the next admission, one emission
-            -- interval later per run ahead of it. Woken early (a run ahead
-            -- was late), it waits again.
-            due := greatest(v_tat - tau, now()) + p_emission * ahead;
+            due := turn;
         END IF;
     END IF;
     IF refused IS NULL THEN
@@ -658,50 +689,27 @@ DECLARE
     v_order timestamptz;
     i integer;
     g text;
-    live integer;
-    v_tat timestamptz;
-    tau interval;
-    ahead integer;
+    turn timestamptz;
 BEGIN
     SELECT created_at - make_interval(secs => p_priority) INTO v_order FROM {{schema}}.durable_run WHERE id = p_run_id;
     PERFORM {{schema}}.durable_gate_lock(p_gates || p_throttle);
     FOR i IN 1 .. coalesce(cardinality(p_gates), 0) LOOP
         g := p_gates[i];
-        SELECT count(*) INTO live FROM {{schema}}.durable_slot s
-        WHERE s.gate = g AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs);
-        IF live >= p_limits[i] OR EXISTS (
-            SELECT 1 FROM {{schema}}.durable_gate_wait w
-            WHERE w.gate = g AND (w.order_at, w.run_id) < (v_order, p_run_id)) THEN
+        IF NOT {{schema}}.durable_gate_fits(g, p_run_id, v_order, p_limits[i]) THEN
             DELETE FROM {{schema}}.durable_slot WHERE run_id = p_run_id;
-            INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
-            VALUES (g, p_run_id, v_order, p_limits[i], p_recover);
-            UPDATE {{schema}}.river_job SET state = 'scheduled', scheduled_at = now() + interval '10 years'
-            WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = p_run_id);
+            PERFORM {{schema}}.durable_gate_join(g, p_run_id, v_order, p_limits[i], p_recover, now() + interval '10 years');
             RETURN false;
         END IF;
         INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs) VALUES (g, p_run_id, NULL, p_recover);
     END LOOP;
     IF p_throttle IS NOT NULL THEN
-        SELECT d.tat INTO v_tat FROM {{schema}}.durable_gcra d WHERE d.gate = p_throttle FOR UPDATE;
-        IF NOT FOUND THEN
-            v_tat := now();
-            INSERT INTO {{schema}}.durable_gcra (gate, tat) VALUES (p_throttle, v_tat);
-        END IF;
-        tau := p_emission * p_burst;
-        SELECT count(*) INTO ahead FROM {{schema}}.durable_gate_wait w
-        WHERE w.gate = p_throttle AND (w.order_at, w.run_id) < (v_order, p_run_id);
-        IF ahead = 0 AND v_tat - tau <= now() THEN
-            UPDATE {{schema}}.durable_gcra d SET tat = greatest(d.tat, now()) + p_emission, updated_at = now()
-            WHERE d.gate = p_throttle;
+        turn := {{schema}}.durable_throttle_take(p_throttle, p_run_id, v_order, p_emission, p_burst);
+        IF turn IS NULL THEN
             INSERT INTO {{schema}}.durable_slot (gate, run_id, worker, recover_secs) VALUES (p_throttle, p_run_id, NULL, p_recover);
             RETURN true;
         END IF;
         DELETE FROM {{schema}}.durable_slot WHERE run_id = p_run_id;
-        INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
-        VALUES (p_throttle, p_run_id, v_order, 0, p_recover);
-        UPDATE {{schema}}.river_job SET state = 'scheduled',
-            scheduled_at = greatest(v_tat - tau, now()) + p_emission * ahead
-        WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = p_run_id);
+        PERFORM {{schema}}.durable_gate_join(p_throttle, p_run_id, v_order, 0, p_recover, turn);
         RETURN false;
     END IF;
     RETURN true;
@@ -751,10 +759,7 @@ BEGIN
         IF b IS NOT NULL THEN
             SELECT created_at - make_interval(secs => p_priorities[i]) INTO v_order
             FROM {{schema}}.durable_run WHERE id = p_ids[i];
-            INSERT INTO {{schema}}.durable_gate_wait (gate, run_id, order_at, lim, recover_secs)
-            VALUES (gs[b], p_ids[i], v_order, ls[b], p_recover);
-            UPDATE {{schema}}.river_job SET state = 'scheduled', scheduled_at = now() + interval '10 years'
-            WHERE id = (SELECT job_id FROM {{schema}}.durable_run WHERE id = p_ids[i]);
+            PERFORM {{schema}}.durable_gate_join(gs[b], p_ids[i], v_order, ls[b], p_recover, now() + interval '10 years');
             CONTINUE;
         END IF;
         IF {{schema}}.durable_enqueue(p_ids[i], gs, ls, p_priorities[i], p_recover, p_throttles[i], p_emissions[i], p_bursts[i]) THEN
