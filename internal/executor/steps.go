@@ -253,6 +253,11 @@ func (rs *runState) boundary(ctx context.Context, key string, flush bool) error 
 	rs.mu.Lock()
 	count := len(rs.memo) + len(rs.pending)
 	_, known := rs.memo[key]
+	pendingN := len(rs.pending)
+	// Checkpointing: plain Step results wait, up to BufferedSteps of them
+	// and at most MaxInterval, to be committed together.
+	buffered := pendingN > 0 && pendingN < rs.def.BufferedSteps &&
+		(rs.def.MaxInterval <= 0 || time.Since(rs.lastFlush) < rs.def.MaxInterval)
 	rs.mu.Unlock()
 	if !known && count >= rs.e.cfg.MaxSteps {
 		return failure.NonRetriable(fmt.Errorf("durable: step %q: the run has reached the limit of %d steps (Config.MaxSteps)", key, rs.e.cfg.MaxSteps))
@@ -272,11 +277,6 @@ func (rs *runState) boundary(ctx context.Context, key string, flush bool) error 
 		rs.mu.Unlock()
 		rs.exit(suspendOutcome(time.Now()))
 	}
-	rs.mu.Lock()
-	pendingN := len(rs.pending)
-	buffered := pendingN > 0 && pendingN < rs.def.BufferedSteps &&
-		(rs.def.MaxInterval <= 0 || time.Since(rs.lastFlush) < rs.def.MaxInterval)
-	rs.mu.Unlock()
 	if pendingN > 0 && flush && !buffered {
 		if err := rs.commit(ctx, rs.e.pool, commitParams{status: store.RunRunning}); err != nil {
 			if rs.permanent(err) {
