@@ -251,3 +251,40 @@ func TestThrottleBacklogShedByStartTimeout(t *testing.T) {
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+b.schema+".durable_gate_wait").Scan(&waits))
 	require.Zero(t, waits, "a cancelled run leaves the gate's queue")
 }
+
+// A run that joined a gate's queue just as its last slot freed (no
+// release left to promote it) is promoted by the maintenance loop within
+// a second or so: here the race is staged by hand, the run put back in the
+// queue with no slot held and its job far ahead.
+func TestReaperPromotesARunStrandedInAQueue(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	hold := make(chan struct{})
+	fn := durable.NewFunction(durable.FunctionOpts{ID: "stranded", Triggers: []durable.Trigger{{Event: "s"}},
+		Concurrency: []durable.Concurrency{{Limit: 1}}},
+		func(ctx context.Context, in durable.Input[M]) (int, error) {
+			return durable.Step(ctx, "work", func(ctx context.Context) (int, error) {
+				if in.Event.Data["hold"] == true {
+					<-hold
+				}
+				return 1, nil
+			})
+		})
+	c := b.client(durable.Config{Functions: []durable.Function{fn}})
+	first, err := c.Send(b.ctx, durable.Event{Name: "s", Data: M{"hold": true}})
+	require.NoError(t, err)
+	holder := b.runsFor(c, first[0], 1)[0].ID
+	second, err := c.Send(b.ctx, durable.Event{Name: "s", Data: M{"hold": false}})
+	require.NoError(t, err)
+	waiter := b.runsFor(c, second[0], 1)[0].ID
+	// The waiter is queued behind the holder.
+	var n int
+	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+b.schema+".durable_gate_wait WHERE run_id = $1", waiter).Scan(&n))
+	require.Equal(t, 1, n)
+	// Stage the race: the holder's slot vanishes without a promotion.
+	_, err = b.pool.Exec(b.ctx, "DELETE FROM "+b.schema+".durable_slot WHERE run_id = $1", holder)
+	require.NoError(t, err)
+	require.Equal(t, durable.RunCompleted, b.waitRun(c, waiter, 15*time.Second).Status)
+	close(hold)
+	require.Equal(t, durable.RunCompleted, b.waitRun(c, holder, 15*time.Second).Status)
+}

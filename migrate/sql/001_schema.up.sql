@@ -787,10 +787,20 @@ BEGIN
         SELECT DISTINCT s.gate FROM {{schema}}.durable_slot s
         WHERE NOT {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs)
         UNION
+        -- One index probe per gate with a queue (a loose scan of
+        -- durable_gate_wait_order_idx), not a read of every waiting run.
         SELECT h.gate FROM (
-            SELECT DISTINCT ON (w.gate) w.gate, w.lim FROM {{schema}}.durable_gate_wait w
-            WHERE w.lim > 0 ORDER BY w.gate, w.order_at, w.run_id) h
-        WHERE (SELECT count(*) FROM {{schema}}.durable_slot s
+            WITH RECURSIVE q(gate) AS (
+                SELECT min(gate) FROM {{schema}}.durable_gate_wait
+                UNION ALL
+                SELECT (SELECT min(w.gate) FROM {{schema}}.durable_gate_wait w WHERE w.gate > q.gate)
+                FROM q WHERE q.gate IS NOT NULL
+            )
+            SELECT q.gate, (SELECT w.lim FROM {{schema}}.durable_gate_wait w WHERE w.gate = q.gate
+                            ORDER BY w.order_at, w.run_id LIMIT 1) AS lim
+            FROM q WHERE q.gate IS NOT NULL
+        ) h
+        WHERE h.lim > 0 AND (SELECT count(*) FROM {{schema}}.durable_slot s
                WHERE s.gate = h.gate AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs)) < h.lim
         ORDER BY 1 LIMIT 1000
     LOOP
