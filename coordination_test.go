@@ -200,9 +200,10 @@ func TestCancelOnEventAndSystemEvents(t *testing.T) {
 		ID:       "cleanup",
 		Triggers: []durable.Trigger{{Event: "durable/function.cancelled", If: `event.data.function_id == "process-order"`}},
 	}, func(ctx context.Context, in durable.Input[M]) (int, error) {
-		cleanups.Add(1)
+		// The data first: the test reads it as soon as it sees the count.
 		b, _ := json.Marshal(in.Event.Data)
 		cleanupData.Store(string(b))
+		cleanups.Add(1)
 		return 0, nil
 	})
 	c := b.client(durable.Config{Functions: []durable.Function{order, cleanup}})
