@@ -2,6 +2,9 @@ package durable_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,4 +62,50 @@ func TestFunctionRegistryShowsProcessesAndUnregisters(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, fns, 1)
 	require.False(t, fns[0].Live)
+}
+
+// Processes starting together register the same functions at once (in
+// whatever order each has them): no deadlock, and the registry ends whole.
+func TestConcurrentRegistrationsNeverDeadlock(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var fns []durable.Function
+	for i := 0; i < 8; i++ {
+		id := fmt.Sprintf("reg-%d", i)
+		fns = append(fns, durable.NewFunction(durable.FunctionOpts{ID: id,
+			Triggers: []durable.Trigger{{Event: id + "/a"}, {Event: "reg/shared"}}},
+			func(ctx context.Context, in durable.Input[M]) (int, error) { return 1, nil }))
+	}
+	var clients []*durable.Client
+	for c := 0; c < 4; c++ {
+		mine := append([]durable.Function(nil), fns...)
+		if c%2 == 1 {
+			slices.Reverse(mine)
+		}
+		client, err := durable.NewClient(b.pool, &durable.Config{Schema: b.schema, Functions: mine})
+		require.NoError(t, err)
+		clients = append(clients, client)
+	}
+	errs := make(chan error, 4*10)
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				errs <- c.Register(b.ctx)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	listed, err := clients[0].Functions(b.ctx)
+	require.NoError(t, err)
+	require.Len(t, listed, 8)
+	for _, f := range listed {
+		require.Len(t, f.Triggers, 2, f.ID)
+	}
 }

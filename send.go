@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgdurable/durable/internal/ids"
+	"github.com/pgdurable/durable/internal/store"
 )
 
 // Send persists events and starts a run of every function whose trigger
@@ -21,7 +22,9 @@ func (c *Client) Send(ctx context.Context, events ...Event) ([]string, error) {
 	}
 	var out []string
 	var started int
-	err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+	// The library's own transaction: its statements are planned
+	// generically (see store.SetGenericPlans).
+	err = pgx.BeginTxFunc(ctx, c.pool, store.BeginGeneric, func(tx pgx.Tx) error {
 		out, started, err = c.router.Send(ctx, tx, prepared, false)
 		return err
 	})

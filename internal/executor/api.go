@@ -103,6 +103,7 @@ type Executor struct {
 	abandonOnce sync.Once
 	active      sync.Map // run ID -> struct{}: attempts executing in this process
 	activeN     atomic.Int64
+	batch       *store.Batcher       // the hot path's one-statement writes (see store.Batcher)
 	hooks       *Hooks               // durabletest's, or nil
 	tel         *telemetry.Telemetry // nil: no spans, no metrics
 }
@@ -111,8 +112,15 @@ type Executor struct {
 func New(cfg Config) *Executor {
 	return &Executor{cfg: cfg, pool: cfg.Pool, q: cfg.Queries, router: cfg.Router, river: cfg.River,
 		logger: cfg.Logger, abandon: make(chan struct{}), hooks: hooksFor(cfg.Schema),
-		tel: cfg.Telemetry}
+		tel: cfg.Telemetry, batch: store.NewBatcher(cfg.Pool, batchFlushers, batchMax)}
 }
+
+// The hot path's batches (see store.Batcher): at most batchFlushers in
+// flight, each of at most batchMax statements.
+const (
+	batchFlushers = 4
+	batchMax      = 64
+)
 
 // SetStopping makes attempts hand their runs back at their next step
 // boundary and new attempts leave their runs for another process.

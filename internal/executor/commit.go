@@ -89,6 +89,17 @@ func (rs *runState) commitIn(ctx context.Context, db execer, p commitParams) (*c
 	return &commitResult{pending: pending, newOwner: newOwner, full: true}, nil
 }
 
+// endDB is where the statement that ends the run goes: batched with other
+// attempts' writes (see store.Batcher), unless the run passed flow-control
+// gates, whose end takes gate locks in the order ARCHITECTURE.md gives (a
+// batch of such ends could take them in another).
+func (rs *runState) endDB() execer {
+	if rs.gated {
+		return store.Generic{DB: rs.e.pool}
+	}
+	return rs.e.batch
+}
+
 // applyCommit makes committed writes part of the memo.
 func (rs *runState) applyCommit(r *commitResult) {
 	pending, newOwner, fullWrite := r.pending, r.newOwner, r.full

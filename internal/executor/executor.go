@@ -454,7 +454,7 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 		if len(res.out) > e.cfg.MaxStepOutput {
 			res.err = failure.NonRetriable(fmt.Errorf("durable: function result is %d bytes, over the %d-byte limit (Config.MaxStepOutput)", len(res.out), e.cfg.MaxStepOutput))
 		} else {
-			err := rs.commit(ctx, e.pool, commitParams{status: store.RunCompleted, release: true, output: res.out})
+			err := rs.commit(ctx, rs.endDB(), commitParams{status: store.RunCompleted, release: true, output: res.out})
 			if err == nil {
 				rs.runEnded(ctx, store.RunCompleted, nil)
 				return done()
@@ -479,7 +479,7 @@ func (rs *runState) finish(ctx context.Context, res callResult) outcome {
 		fail = rs.fnAttempts > rs.def.Retries
 	}
 	if fail {
-		err := rs.commit(ctx, e.pool, commitParams{status: store.RunFailed, release: true, errText: &msg})
+		err := rs.commit(ctx, rs.endDB(), commitParams{status: store.RunFailed, release: true, errText: &msg})
 		if err == nil {
 			rs.runEnded(ctx, store.RunFailed, res.err)
 			return done()

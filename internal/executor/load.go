@@ -19,7 +19,7 @@ func (e *Executor) claimLoad(ctx context.Context, runID, worker, token string, c
 	lr := &loadedRun{}
 	var events, steps []byte
 	var claimed bool
-	err := e.pool.QueryRow(ctx, e.q.ClaimLoad, pgx.NamedArgs{
+	err := e.batch.QueryRow(ctx, e.q.ClaimLoad, pgx.NamedArgs{
 		"run_id": runID, "worker": worker, "token": token, "functions": free, "reserved": reserved,
 		"recover": e.cfg.RecoverAfter.Seconds(),
 	}).Scan(&claimed,

@@ -278,7 +278,7 @@ func (rs *runState) boundary(ctx context.Context, key string, flush bool) error 
 		rs.exit(suspendOutcome(time.Now()))
 	}
 	if pendingN > 0 && flush && !buffered {
-		if err := rs.commit(ctx, rs.e.pool, commitParams{status: store.RunRunning}); err != nil {
+		if err := rs.commit(ctx, rs.e.batch, commitParams{status: store.RunRunning}); err != nil {
 			if rs.permanent(err) {
 				// Postgres refused a finished step's output: that step
 				// fails like any step error, and the run resumes at its

@@ -27,6 +27,9 @@ func (q *Queries) RegisterFunctions(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }, fns []FunctionRecord) error {
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, q.LockRegistry); err != nil {
+			return fmt.Errorf("durable: registering functions: %w", err)
+		}
 		for _, f := range fns {
 			cfg, err := json.Marshal(f.Config)
 			if err != nil {

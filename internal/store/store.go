@@ -44,7 +44,7 @@ const (
 // "-- name: X" block of the .sql files.
 type Queries struct {
 	// functions.sql
-	UpsertFunction, DeleteTriggers, InsertTriggers, FunctionConfig, MatchTriggers,
+	LockRegistry, UpsertFunction, DeleteTriggers, InsertTriggers, FunctionConfig, MatchTriggers,
 	RecordFunctionWorkers, ListFunctions, UnregisterFunction, PruneFunctionWorkers string
 	// events.sql
 	InsertEvents, ClaimIdempotencyKeys, LockEventName, LockEventNameShared, ListenName,

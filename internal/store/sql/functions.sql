@@ -2,6 +2,13 @@
 -- Each query starts with "-- name: X" (X is a field of store.Queries);
 -- {{schema}} is replaced by the quoted schema when the store is loaded.
 
+-- name: LockRegistry
+-- Registrations run one at a time per schema: two processes starting
+-- together upsert the same functions and replace the same triggers, and
+-- without it could take those rows in different orders (a deadlock seen
+-- in CI). The key is a reserved name no event can have.
+SELECT pg_advisory_xact_lock(hashtext('{{schema}}'), hashtext('durable/registry'));
+
 -- name: UpsertFunction
 INSERT INTO {{schema}}.durable_function (id, name, retries, config, updated_at)
 VALUES ($1, $2, $3, $4, now())
