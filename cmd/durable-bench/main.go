@@ -17,17 +17,17 @@
 //  2. Per-step latency: a function doing N sequential no-op durable.Step
 //     calls, timed from inside the function (before the first step's call
 //     to after the last step returns, divided by N); the median over five
-//     runs, against a target of 1.5 times the one-row commit p50.
-//  3. Throughput: R events sent concurrently by 16 goroutines, each event
+//     runs, against a target of 1.2 times the one-row commit p50.
+//  3. Throughput: R events sent concurrently by 32 goroutines, each event
 //     starting a run of three no-op steps; wall time from the first send to
 //     the moment a count query (polled every 50 ms) sees every run
-//     completed; against a target of the 32-connection commits/s divided by
-//     6 (a budget of six commits per run). It runs once per size in
+//     completed; against a target of half the River-only jobs/s measured
+//     in the same run (checked beside River's figure). It runs once per size in
 //     -send-batches: by default 3a with one event per Send call (one
 //     transaction per event) and 3b with 20. Then, in the same run, a
 //     River-only baseline (3c): -river-jobs no-op River jobs of a kind and
 //     queue of their own, inserted -river-batch per InsertMany call by the
-//     same 16 goroutines, worked by a River client configured like the
+//     same 32 goroutines, worked by a River client configured like the
 //     library's internal one (MaxWorkers 100, pool 40, FetchCooldown 2 ms),
 //     to completion (counted in river_job); jobs/s, CPU and WAL per job are
 //     printed next to the durable phases' per-run figures: River's own job
@@ -35,18 +35,18 @@
 //  4. Event-commit-to-first-step latency: one event at a time to an idle
 //     client, from the moment Send returns (the event's transaction has
 //     committed) to the moment the first step's body starts; p50 against a
-//     target of 20 ms.
+//     target of 5 ms.
 //  5. Wait-resume latency: a function that waits (WaitForEvent on
 //     "bench/resume", If async.data.k == event.data.k) and then runs one
 //     step; one run at a time, once GetRun shows the wait recorded, the
 //     matching event is sent; from the moment that Send returns to the
-//     moment the step's body starts; p50 against a target of 20 ms.
+//     moment the step's body starts; p50 against a target of 5 ms.
 //  6. Send cost with open waits: in two fresh schemas, one with no wait and
 //     one with -open-waits waits on "bench/resume" (one real waiting run,
 //     the rest rows inserted with SQL in the engine's shape on a
 //     placeholder run), the latency of a Send of a "bench/resume" event that
 //     matches none (-send-cost-samples per schema, alternating), p50 ratio
-//     against a target of 2x; then a matching Send must consume exactly one
+//     against a target of 1.2x; then a matching Send must consume exactly one
 //     wait and resume exactly one run.
 //  7. ListRuns: in a fresh schema filled with -list-runs runs (1,000,000 by
 //     default; one INSERT ... SELECT from generate_series, then VACUUM

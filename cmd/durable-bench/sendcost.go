@@ -177,7 +177,7 @@ func (e *env) sendCost(ctx context.Context) (err error) {
 		}
 		e.printf("    %-17s p50 %s, mean %s, p99 %s   (%s)\n", label+":", ms(p50[k]), ms(avg[k]), ms(p99[k]), s)
 	}
-	e.printf("  ratio %d vs 0 waits: p50 %.2fx, mean %.2fx; target <= 2x (p50) -> %s\n", n, ratio, meanRatio, verdict(ratio <= 2))
+	e.printf("  ratio %d vs 0 waits: p50 %.2fx, mean %.2fx; target <= 1.2x (p50) -> %s\n", n, ratio, meanRatio, verdict(ratio <= 1.2))
 	for k := range gs {
 		e.printf("    %d waits, %s\n", []int{0, n}[k], traced[k].describe(o.SendCostSamples, "Send"))
 	}
@@ -231,7 +231,7 @@ func (e *env) sendCost(ctx context.Context) (err error) {
 		}
 	}
 	e.summarize(fmt.Sprintf("non-matching Send, %d vs 0 open waits (p50)", n),
-		fmt.Sprintf("%s vs %s = %.2fx (mean %.2fx)", ms(p50[1]), ms(p50[0]), ratio, meanRatio), "<= 2x", verdict(ratio <= 2))
+		fmt.Sprintf("%s vs %s = %.2fx (mean %.2fx)", ms(p50[1]), ms(p50[0]), ratio, meanRatio), "<= 1.2x", verdict(ratio <= 1.2))
 	e.summarize(fmt.Sprintf("matching Send, %d open waits: consumed / resumed", n), fmt.Sprintf("%d wait / %d run", consumed, resumed),
 		"exactly 1 / 1", verdict(ok))
 	return nil

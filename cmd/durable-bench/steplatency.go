@@ -138,7 +138,7 @@ func (e *env) stepLatency(ctx context.Context, base baseline) error {
 	e.printf("  per-step latency of each run (total/%d): %s\n", o.StepsSeq, strings.Join(strs, ", "))
 	e.printf("  median per-step latency: %s = %.2fx the one-row commit p50 (%s); %.2fx its mean (%s)\n",
 		ms(med), ratio, ms(base.CommitP50), float64(med)/float64(base.CommitMean), ms(base.CommitMean))
-	e.printf("  target: <= 1.50x the one-row commit p50 -> %s\n", verdict(ratio <= 1.5))
+	e.printf("  target: <= 1.20x the one-row commit p50 -> %s\n", verdict(ratio <= 1.2))
 	if c, ok := traced.stmt("durable.Commit"); ok {
 		e.printf("  in the last run, the durable.Commit round trip averaged %s (%.2fx the one-row commit p50); the rest of a step, %s, is the engine's own time (noise may make it negative)\n",
 			ms(c), float64(c)/float64(base.CommitP50), ms(perStep[len(perStep)-1]-c))
@@ -153,6 +153,6 @@ func (e *env) stepLatency(ctx context.Context, base baseline) error {
 	}
 	e.printf("  %s\n", delta(before, after, 0).describe(o.StepRuns*o.StepsSeq, "step"))
 	e.printf("%s", indent(tableDelta(before, after, o.StepRuns*o.StepsSeq, "step"), "    "))
-	e.summarize("per-step latency (median of runs)", fmt.Sprintf("%s (%.2fx commit p50)", ms(med), ratio), "<= 1.50x", verdict(ratio <= 1.5))
+	e.summarize("per-step latency (median of runs)", fmt.Sprintf("%s (%.2fx commit p50)", ms(med), ratio), "<= 1.20x", verdict(ratio <= 1.2))
 	return nil
 }

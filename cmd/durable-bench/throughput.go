@@ -241,7 +241,8 @@ func (e *env) throughput(ctx context.Context, base baseline, sub string, batch i
 	e.printf("  wall time, first send to all %d runs seen completed (50 ms polls): %s\n", o.Runs, wall.Round(time.Millisecond))
 	e.printf("  server clock: first run created to last run ended %.3f s; run latency (created->ended) p50 %.1f ms, p99 %.1f ms\n",
 		dbWall, p50*1000, p99*1000)
-	e.printf("  throughput: %.0f runs/s; target >= %.0f runs/s (%.0f commits/s / 6) -> %s\n", rate, target, base.CommitsPerSec, verdict(rate >= target))
+	e.printf("  throughput: %.0f runs/s; a budget of six one-row commits per run would allow %.0f runs/s (%.0f commits/s / 6); the target, half of River-alone jobs/s, is checked beside River's figure (3b)\n",
+		rate, target, base.CommitsPerSec)
 	e.printf("  that is %.2f one-row-commit equivalents per run at the machine's 32-connection rate\n", base.CommitsPerSec/rate)
 	e.printf("  function bodies executed: %d, step bodies: %d (exactly once each)\n", bodies.Load(), stepBodies.Load())
 	e.printf("  %s\n", traced.describe(o.Runs, "run"))
@@ -271,6 +272,6 @@ func (e *env) throughput(ctx context.Context, base baseline, sub string, batch i
 		rate: rate, pgCPU: pgCPU, proc: proc1 - proc0, sd: sd, tr: traced.c, busy: cpuBusy(cpu0, cpu1),
 	})
 	e.summarize(fmt.Sprintf("throughput, %d runs x 3 steps, %d/Send", o.Runs, batch), fmt.Sprintf("%.0f runs/s", rate),
-		fmt.Sprintf(">= %.0f runs/s", target), verdict(rate >= target))
+		">= 0.50x River-only jobs/s", "see below")
 	return nil
 }
