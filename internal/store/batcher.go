@@ -86,16 +86,24 @@ func (r batchedRow) Scan(dest ...any) error {
 	}
 	b.mu.Unlock()
 	if start {
-		go b.flush()
+		// This caller flushes, in its own goroutine, until its statement
+		// is done (an idle process pays no hand-off to another goroutine).
+		b.flush(req)
 	}
 	return <-req.done
 }
 
-// flush sends batches until the queue is empty.
-func (b *Batcher) flush() {
+// flush sends batches until the queue is empty or, with own set, until
+// own is done; a queue left then is flushed by a new goroutine.
+func (b *Batcher) flush(own *batchReq) {
 	for {
 		b.mu.Lock()
 		n := min(len(b.queue), b.maxBatch)
+		if own != nil && len(own.done) > 0 && n > 0 {
+			b.mu.Unlock()
+			go b.flush(nil)
+			return
+		}
 		if n == 0 {
 			b.running--
 			b.mu.Unlock()
