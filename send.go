@@ -8,31 +8,29 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgdurable/durable/internal/ids"
-	"github.com/pgdurable/durable/internal/store"
 )
 
 // Send persists events and starts a run of every function whose trigger
 // matches each new event. It returns the events' IDs, in order; an event
 // whose ID was already seen in the last 24 hours is not delivered again and
 // its ID is returned as it is.
+//
+// Calls made at the same time from one process may share a transaction
+// (one commit for all of them); each returns once its events are committed.
+// ctx bounds a call until its events are handed to a shared transaction;
+// from then on the call waits for that transaction's outcome (at most a
+// minute) so that what it returns is the truth. If the shared transaction
+// fails, each call is retried alone and gets only its own error.
 func (c *Client) Send(ctx context.Context, events ...Event) ([]string, error) {
 	prepared, err := prepareEvents(events, c.cfg.MaxEventSize)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	var started int
-	// The library's own transaction: its statements are planned
-	// generically (see store.SetGenericPlans).
-	err = pgx.BeginTxFunc(ctx, c.pool, store.BeginGeneric, func(tx pgx.Tx) error {
-		out, started, err = c.router.Send(ctx, tx, prepared, false)
-		return err
-	})
+	// In a transaction of the library's own, shared with concurrent
+	// calls (see router.SendOwn).
+	out, err := c.router.SendOwn(ctx, prepared)
 	if err != nil {
 		return nil, c.explain(err)
-	}
-	if started > 0 {
-		c.router.NotifyProducers(ctx)
 	}
 	return out, nil
 }

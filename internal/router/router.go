@@ -77,6 +77,7 @@ type Router struct {
 	kickWaker    func(time.Time)
 
 	notes     notifier
+	combine   combiner // concurrent Sends sharing transactions (combine.go)
 	unmatched sync.Map // event names warned about (an event that started nothing)
 	listened  sync.Map // system event names this process registered waits on
 }
