@@ -260,11 +260,13 @@ func TestReaperPromotesARunStrandedInAQueue(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	hold := make(chan struct{})
+	holding := make(chan struct{}, 1)
 	fn := durable.NewFunction(durable.FunctionOpts{ID: "stranded", Triggers: []durable.Trigger{{Event: "s"}},
 		Concurrency: []durable.Concurrency{{Limit: 1}}},
 		func(ctx context.Context, in durable.Input[M]) (int, error) {
 			return durable.Step(ctx, "work", func(ctx context.Context) (int, error) {
 				if in.Event.Data["hold"] == true {
+					holding <- struct{}{}
 					<-hold
 				}
 				return 1, nil
@@ -281,7 +283,15 @@ func TestReaperPromotesARunStrandedInAQueue(t *testing.T) {
 	var n int
 	require.NoError(t, b.pool.QueryRow(b.ctx, "SELECT count(*) FROM "+b.schema+".durable_gate_wait WHERE run_id = $1", waiter).Scan(&n))
 	require.Equal(t, 1, n)
-	// Stage the race: the holder's slot vanishes without a promotion.
+	// Stage the race once the holder runs (its attempt has taken the slot
+	// reserved for it: deleting the reservation before that would let
+	// the holder's attempt take a fresh slot, ahead of the waiter): the
+	// holder's slot vanishes without a promotion.
+	select {
+	case <-holding:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the holder's step did not start")
+	}
 	_, err = b.pool.Exec(b.ctx, "DELETE FROM "+b.schema+".durable_slot WHERE run_id = $1", holder)
 	require.NoError(t, err)
 	require.Equal(t, durable.RunCompleted, b.waitRun(c, waiter, 15*time.Second).Status)

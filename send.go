@@ -20,7 +20,8 @@ import (
 // ctx bounds a call until its events are handed to a shared transaction;
 // from then on the call waits for that transaction's outcome (at most a
 // minute) so that what it returns is the truth. If the shared transaction
-// fails, each call is retried alone and gets only its own error.
+// fails, its calls are retried in halves down to each call alone, so a
+// call gets only its own error.
 func (c *Client) Send(ctx context.Context, events ...Event) ([]string, error) {
 	prepared, err := prepareEvents(events, c.cfg.MaxEventSize)
 	if err != nil {
