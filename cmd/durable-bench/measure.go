@@ -283,6 +283,10 @@ var (
 // so the tracer recognises them by their text. It maps normalized SQL (see
 // normalizeSQL) to "durable.<Name>". Statements it cannot name are shown
 // by their first words.
+// batchHead names the first statement of the engine's batches, whose
+// recorded time is the batch's round trip.
+const batchHead = "batch round trip (SET LOCAL, statements)"
+
 func durableQueries(schema string) map[string]string {
 	out := map[string]string{}
 	for name, sql := range durableSQL(schema) {
@@ -291,6 +295,10 @@ func durableQueries(schema string) map[string]string {
 		out[normalizeSQL(sql)] = "durable." + name
 		out[normalizeSQL(positional(sql))] = "durable." + name
 	}
+	// The head of the engine's batches (store.Batcher, store.Generic):
+	// pgx's tracer charges the batch's round trip to its first statement.
+	out[normalizeSQL(store.SetGenericPlans)] = batchHead
+	out[normalizeSQL(store.BeginGeneric.BeginQuery)] = "begin (generic plans)"
 	return out
 }
 
