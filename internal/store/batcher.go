@@ -27,8 +27,8 @@ import (
 // with 6, on 2 cores).
 //
 // When a statement fails, the batch's transaction rolls back as a whole;
-// its statements then run again one by one, so that only the failing one
-// sees its error. A connection error gives every statement of the batch
+// its statements then run again in halves, down to the failing one alone,
+// so that only it sees its error. A connection error gives every statement of the batch
 // that error (its outcome is unknown, as for a single statement).
 type Batcher struct {
 	db       Pool
@@ -117,21 +117,22 @@ func (b *Batcher) flush(own *batchReq) {
 }
 
 // run executes reqs in one batch; after a statement error it runs them
-// again one at a time.
+// again in halves, down to the statement to blame alone.
 func (b *Batcher) run(reqs []*batchReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
+	b.runIn(ctx, reqs)
+}
+
+func (b *Batcher) runIn(ctx context.Context, reqs []*batchReq) {
 	errs, err := b.send(ctx, reqs)
 	var pgErr *pgconn.PgError
 	if err != nil && len(reqs) > 1 && errors.As(err, &pgErr) {
-		// The whole batch rolled back; each statement on its own.
-		for _, r := range reqs {
-			errs, err := b.send(ctx, []*batchReq{r})
-			if err == nil {
-				err = errs[0]
-			}
-			r.done <- err
-		}
+		// The whole batch rolled back: halve it (a refused statement
+		// costs the others about 2·log2(n) transactions, not n).
+		half := len(reqs) / 2
+		b.runIn(ctx, reqs[:half])
+		b.runIn(ctx, reqs[half:])
 		return
 	}
 	for i, r := range reqs {
