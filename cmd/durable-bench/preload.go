@@ -4,7 +4,56 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
+
+// endedRuns describes ended runs loaded with SQL: IDs prefix1, prefix2, ...
+// (their events prefix + "ev-" + N), of function fn, each with three
+// completed steps, the first ended ago back and each next one spacing
+// later; mixed makes one run in 20 failed and one in 20 cancelled.
+type endedRuns struct {
+	prefix, fn   string
+	ago, spacing time.Duration
+	mixed        bool
+}
+
+// insertEndedRuns inserts n such runs with their steps, in chunks.
+func (e *env) insertEndedRuns(ctx context.Context, conn *pgx.Conn, n int, r endedRuns) error {
+	const chunk = 100_000
+	// The run's status and end time, from its number g ($4 mixed, $5 ago,
+	// $6 spacing).
+	const lateral = `LATERAL (SELECT CASE WHEN $4 AND g % 20 = 0 THEN 'failed' WHEN $4 AND g % 20 = 1 THEN 'cancelled' ELSE 'completed' END,
+		now() - $5::interval + g * $6::interval) AS x(s, t)`
+	for lo := 1; lo <= n; lo += chunk {
+		hi := min(lo+chunk-1, n)
+		if _, err := conn.Exec(ctx, `INSERT INTO `+e.table("durable_run")+`
+			(id, function_id, status, event_id, event_ids, events, output, error, created_at, started_at, ended_at, updated_at)
+			SELECT $3 || g, $7, s, $3 || 'ev-' || g, ARRAY[$3 || 'ev-' || g], '[]',
+				CASE WHEN s = 'completed' THEN '1'::jsonb END, CASE WHEN s <> 'completed' THEN 'bench' END, t, t, t, t
+			FROM generate_series($1::int, $2::int) g, `+lateral, lo, hi, r.prefix, r.mixed, r.ago, r.spacing, r.fn); err != nil {
+			return fmt.Errorf("loading ended runs: %w", err)
+		}
+		if _, err := conn.Exec(ctx, `INSERT INTO `+e.table("durable_step")+`
+			(run_id, key, seq, kind, status, attempts, output, created_at, updated_at)
+			SELECT $3 || g, 'step-' || k, k, 'step', 'completed', 1, '{"v": 1}', t, t
+			FROM generate_series($1::int, $2::int) g, generate_series(0, 2) k, `+lateral,
+			lo, hi, r.prefix, r.mixed, r.ago, r.spacing); err != nil {
+			return fmt.Errorf("loading steps: %w", err)
+		}
+	}
+	return nil
+}
+
+// vacuumAnalyze vacuums and analyzes the bench schema's tables.
+func (e *env) vacuumAnalyze(ctx context.Context, conn *pgx.Conn, tables ...string) error {
+	for _, t := range tables {
+		if _, err := conn.Exec(ctx, "VACUUM ANALYZE "+e.table(t)); err != nil {
+			return fmt.Errorf("vacuum analyze %s: %w", t, err)
+		}
+	}
+	return nil
+}
 
 // preload fills the bench schema, before the engine phases, with
 // -preload-ended ended runs (three steps each, ended within the last day,
@@ -23,24 +72,11 @@ func (e *env) preload(ctx context.Context) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	t0 := time.Now()
-	const chunk = 100_000
-	for lo := 1; lo <= ended; lo += chunk {
-		hi := min(lo+chunk-1, ended)
-		if _, err := conn.Exec(ctx, `INSERT INTO `+e.table("durable_run")+`
-			(id, function_id, status, event_id, event_ids, events, output, created_at, started_at, ended_at, updated_at)
-			SELECT 'ended-' || g, 'bench-preloaded', 'completed', 'ended-ev-' || g, ARRAY['ended-ev-' || g], '[]', '1', t, t, t, t
-			FROM generate_series($1::int, $2::int) g,
-				LATERAL (SELECT now() - interval '1 day' + g * interval '10 ms') AS x(t)`, lo, hi); err != nil {
-			return fmt.Errorf("preloading ended runs: %w", err)
-		}
-		if _, err := conn.Exec(ctx, `INSERT INTO `+e.table("durable_step")+`
-			(run_id, key, seq, kind, status, attempts, output, created_at, updated_at)
-			SELECT 'ended-' || g, 'step-' || k, k, 'step', 'completed', 1, '{"v": 1}', t, t
-			FROM generate_series($1::int, $2::int) g, generate_series(0, 2) k,
-				LATERAL (SELECT now() - interval '1 day' + g * interval '10 ms') AS x(t)`, lo, hi); err != nil {
-			return fmt.Errorf("preloading steps: %w", err)
-		}
+	if err := e.insertEndedRuns(ctx, conn, ended, endedRuns{prefix: "ended-", fn: "bench-preloaded",
+		ago: 24 * time.Hour, spacing: 10 * time.Millisecond}); err != nil {
+		return fmt.Errorf("preloading: %w", err)
 	}
+	const chunk = 100_000
 	for lo := 1; lo <= sleeping; lo += chunk {
 		hi := min(lo+chunk-1, sleeping)
 		if _, err := conn.Exec(ctx, `WITH j AS (
@@ -60,10 +96,8 @@ func (e *env) preload(ctx context.Context) error {
 			return fmt.Errorf("preloading sleeping runs: %w", err)
 		}
 	}
-	for _, t := range []string{"durable_run", "durable_step", "river_job"} {
-		if _, err := conn.Exec(ctx, "VACUUM ANALYZE "+e.table(t)); err != nil {
-			return fmt.Errorf("vacuum analyze %s: %w", t, err)
-		}
+	if err := e.vacuumAnalyze(ctx, conn, "durable_run", "durable_step", "river_job"); err != nil {
+		return err
 	}
 	// Flush what the load dirtied now, not during the first phases (a
 	// checkpoint of a million rows makes every commit wait). It needs a

@@ -291,30 +291,12 @@ func (e *env) loadEndedRuns(ctx context.Context, n int) (time.Duration, error) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	t0 := time.Now()
-	const chunk = 100_000
-	for lo := 1; lo <= n; lo += chunk {
-		hi := min(lo+chunk-1, n)
-		if _, err := conn.Exec(ctx, `INSERT INTO `+e.table("durable_run")+`
-			(id, function_id, status, event_id, event_ids, events, error, created_at, started_at, ended_at, updated_at)
-			SELECT 'old-' || g, 'bench-old', s, 'old-ev-' || g, ARRAY['old-ev-' || g], '[]',
-				CASE WHEN s <> 'completed' THEN 'bench' END, t, t, t, t
-			FROM generate_series($1::int, $2::int) g,
-				LATERAL (SELECT CASE g % 20 WHEN 0 THEN 'failed' WHEN 1 THEN 'cancelled' ELSE 'completed' END,
-					now() - interval '40 days' + g * interval '50 ms') AS x(s, t)`, lo, hi); err != nil {
-			return 0, fmt.Errorf("loading runs: %w", err)
-		}
-		if _, err := conn.Exec(ctx, `INSERT INTO `+e.table("durable_step")+`
-			(run_id, key, seq, kind, status, attempts, output, created_at, updated_at)
-			SELECT 'old-' || g, 'step-' || k, k, 'step', 'completed', 1, '{"v": 1}', t, t
-			FROM generate_series($1::int, $2::int) g, generate_series(0, 2) k,
-				LATERAL (SELECT now() - interval '40 days' + g * interval '50 ms') AS x(t)`, lo, hi); err != nil {
-			return 0, fmt.Errorf("loading steps: %w", err)
-		}
+	if err := e.insertEndedRuns(ctx, conn, n, endedRuns{prefix: "old-", fn: "bench-old",
+		ago: 40 * 24 * time.Hour, spacing: 50 * time.Millisecond, mixed: true}); err != nil {
+		return 0, err
 	}
-	for _, t := range []string{"durable_run", "durable_step"} {
-		if _, err := conn.Exec(ctx, "VACUUM ANALYZE "+e.table(t)); err != nil {
-			return 0, fmt.Errorf("vacuum analyze %s: %w", t, err)
-		}
+	if err := e.vacuumAnalyze(ctx, conn, "durable_run", "durable_step"); err != nil {
+		return 0, err
 	}
 	return time.Since(t0), nil
 }

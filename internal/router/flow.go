@@ -205,14 +205,16 @@ func (rt *Router) collect(ctx context.Context, tx pgx.Tx, r *pendingRun, key str
 	var runID string
 	var size int
 	var first time.Time
-	if _, err := tx.Exec(ctx, rt.q.CollectLock, r.functionID, key); err != nil {
-		return false, fmt.Errorf("durable: collecting events for %s: %w", r.functionID, err)
-	}
-	if err := tx.QueryRow(ctx, rt.q.CollectRead, r.functionID, key).Scan(&runID, &size, &first); err != nil {
+	// The key's row made sure of, then locked and read: one round trip.
+	b := &pgx.Batch{}
+	b.Queue(rt.q.CollectLock, r.functionID, key)
+	b.Queue(rt.q.CollectRead, r.functionID, key).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&runID, &size, &first)
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return false, fmt.Errorf("durable: collecting events for %s: %w", r.functionID, err)
 	}
 	if runID != "" {
-		var err error
 		evJSON, err := json.Marshal(ev)
 		if err != nil {
 			return false, err

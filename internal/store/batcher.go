@@ -125,7 +125,7 @@ func (b *Batcher) run(reqs []*batchReq) {
 }
 
 func (b *Batcher) runIn(ctx context.Context, reqs []*batchReq) {
-	errs, err := b.send(ctx, reqs)
+	errs, err := sendBatch(ctx, b.db, reqs)
 	var pgErr *pgconn.PgError
 	if err != nil && len(reqs) > 1 && errors.As(err, &pgErr) {
 		// The whole batch rolled back: halve it (a refused statement
@@ -144,17 +144,17 @@ func (b *Batcher) runIn(ctx context.Context, reqs []*batchReq) {
 	}
 }
 
-// send runs reqs as one implicit transaction planned generically (see
-// SetGenericPlans). errs holds each statement's own result (no row, say);
-// err is the batch's: a statement Postgres refused (the transaction rolled
-// back) or a connection error (its commit is unknown).
-func (b *Batcher) send(ctx context.Context, reqs []*batchReq) (errs []error, err error) {
+// sendBatch runs reqs on db as one implicit transaction planned
+// generically (see SetGenericPlans). errs holds each statement's own result
+// (no row, say); err is the batch's: a statement Postgres refused (the
+// transaction rolled back) or a connection error (its commit is unknown).
+func sendBatch(ctx context.Context, db Pool, reqs []*batchReq) (errs []error, err error) {
 	batch := &pgx.Batch{}
 	batch.Queue(SetGenericPlans)
 	for _, r := range reqs {
 		batch.Queue(r.sql, r.args...)
 	}
-	br := b.db.SendBatch(ctx, batch)
+	br := db.SendBatch(ctx, batch)
 	errs = make([]error, len(reqs))
 	if _, err = br.Exec(); err == nil {
 		for i, r := range reqs {

@@ -30,28 +30,25 @@ type Pool interface {
 // Generic runs each statement given to QueryRow as a one-statement implicit
 // transaction (as QueryRow on the pool would) planned generically (see
 // SetGenericPlans): the SET LOCAL and the statement travel in one batch, one
-// round trip.
+// round trip (a Batcher's batch of one, sent at once).
 type Generic struct{ DB Pool }
 
-// QueryRow sends sql with SetGenericPlans before it; the row is read by
-// Scan, which also ends the batch.
+// QueryRow returns the statement's row; Scan sends it.
 func (g Generic) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	b := &pgx.Batch{}
-	b.Queue(SetGenericPlans)
-	b.Queue(sql, args...)
-	return &batchRow{br: g.DB.SendBatch(ctx, b)}
+	return genericRow{ctx: ctx, db: g.DB, sql: sql, args: args}
 }
 
-type batchRow struct{ br pgx.BatchResults }
+type genericRow struct {
+	ctx  context.Context
+	db   Pool
+	sql  string
+	args []any
+}
 
-func (r *batchRow) Scan(dest ...any) error {
-	if _, err := r.br.Exec(); err != nil {
-		_ = r.br.Close()
+func (r genericRow) Scan(dest ...any) error {
+	errs, err := sendBatch(r.ctx, r.db, []*batchReq{{sql: r.sql, args: r.args, dest: dest}})
+	if err != nil {
 		return err
 	}
-	err := r.br.QueryRow().Scan(dest...)
-	if cerr := r.br.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	return err
+	return errs[0]
 }

@@ -772,7 +772,7 @@ $$;
 
 -- durable_reap_slots hands the slots of dead processes (and lapsed
 -- reservations) to the runs waiting for them: the maintenance loop calls
--- it every few seconds. Returns how many runs it promoted.
+-- it every second. Returns how many runs it promoted.
 CREATE FUNCTION {{schema}}.durable_reap_slots(p_channel text)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -796,12 +796,12 @@ BEGIN
                 SELECT (SELECT min(w.gate) FROM {{schema}}.durable_gate_wait w WHERE w.gate > q.gate)
                 FROM q WHERE q.gate IS NOT NULL
             )
-            SELECT q.gate, (SELECT w.lim FROM {{schema}}.durable_gate_wait w WHERE w.gate = q.gate
-                            ORDER BY w.order_at, w.run_id LIMIT 1) AS lim
-            FROM q WHERE q.gate IS NOT NULL
+            SELECT q.gate, f.run_id, f.order_at, f.lim
+            FROM q, LATERAL (SELECT w.run_id, w.order_at, w.lim FROM {{schema}}.durable_gate_wait w
+                             WHERE w.gate = q.gate ORDER BY w.order_at, w.run_id LIMIT 1) f
+            WHERE q.gate IS NOT NULL
         ) h
-        WHERE h.lim > 0 AND (SELECT count(*) FROM {{schema}}.durable_slot s
-               WHERE s.gate = h.gate AND {{schema}}.durable_slot_live(s.worker, s.acquired_at, s.recover_secs)) < h.lim
+        WHERE h.lim > 0 AND {{schema}}.durable_gate_fits(h.gate, h.run_id, h.order_at, h.lim)
         ORDER BY 1 LIMIT 1000
     LOOP
         PERFORM {{schema}}.durable_gate_lock(ARRAY[g]);
