@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,9 +22,10 @@ import (
 // on 2 cores): the transactions grow with the load.
 //
 // When a shared transaction fails, its calls are halved and each half
-// runs again (down to a call alone), so that a call gets only its own error (events are deduplicated by ID, so a
-// transaction whose commit was lost with its connection stores nothing
-// twice). A call whose context carries a trace goes alone: its trace
+// runs again (down to a call alone), so that a call gets only its own
+// error (events are deduplicated by ID, so a transaction whose commit was
+// lost with its connection stores nothing twice). The grouping itself is
+// store.Group's, as for the engine's batched statements. A call whose context carries a trace goes alone: its trace
 // context is stored with its events.
 const (
 	combineSenders = 1
@@ -42,12 +42,6 @@ type sendCall struct {
 	done   chan struct{}
 }
 
-type combiner struct {
-	mu      sync.Mutex
-	queue   []*sendCall
-	running int
-}
-
 // SendOwn is Send in a transaction of the router's own (Client.Send),
 // shared with concurrent calls (see combineSenders); the producers are
 // told about the runs it started. Once its events are queued, it waits for
@@ -61,17 +55,7 @@ func (rt *Router) SendOwn(ctx context.Context, events []store.Event) ([]string, 
 		return rt.sendAlone(ctx, events)
 	}
 	call := &sendCall{ctx: ctx, events: events, done: make(chan struct{})}
-	c := &rt.combine
-	c.mu.Lock()
-	c.queue = append(c.queue, call)
-	start := c.running < combineSenders
-	if start {
-		c.running++
-	}
-	c.mu.Unlock()
-	if start {
-		rt.flushSends(call)
-	}
+	rt.combine.Submit(call, call.finished)
 	<-call.done
 	return call.ids, call.err
 }
@@ -91,30 +75,6 @@ func (rt *Router) sendAlone(ctx context.Context, events []store.Event) ([]string
 		rt.NotifyProducers(ctx)
 	}
 	return out, nil
-}
-
-// flushSends sends shared transactions until the queue is empty or, with
-// own set, until own is done (a queue left then goes to a new goroutine).
-func (rt *Router) flushSends(own *sendCall) {
-	c := &rt.combine
-	for {
-		c.mu.Lock()
-		n := min(len(c.queue), combineCalls)
-		if own != nil && n > 0 && own.finished() {
-			c.mu.Unlock()
-			go rt.flushSends(nil)
-			return
-		}
-		if n == 0 {
-			c.running--
-			c.mu.Unlock()
-			return
-		}
-		calls := append([]*sendCall(nil), c.queue[:n]...)
-		c.queue = append(c.queue[:0], c.queue[n:]...)
-		c.mu.Unlock()
-		rt.sendShared(calls)
-	}
 }
 
 func (s *sendCall) finished() bool {

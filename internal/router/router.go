@@ -77,18 +77,20 @@ type Router struct {
 	kickWaker    func(time.Time)
 
 	notes     notifier
-	combine   combiner // concurrent Sends sharing transactions (combine.go)
-	unmatched sync.Map // event names warned about (an event that started nothing)
-	listened  sync.Map // system event names this process registered waits on
+	combine   store.Group[*sendCall] // concurrent Sends sharing transactions (combine.go)
+	unmatched sync.Map               // event names warned about (an event that started nothing)
+	listened  sync.Map               // system event names this process registered waits on
 }
 
 // New builds a Router.
 func New(cfg Config) *Router {
-	return &Router{
+	rt := &Router{
 		pool: cfg.Pool, q: cfg.Queries, exprs: cfg.Exprs, logger: cfg.Logger, river: cfg.River,
 		queue: cfg.Queue, channel: riverbridge.InsertTopic(cfg.Schema), payload: riverbridge.InsertPayload(cfg.Queue),
 		local: cfg.Local, kickRouter: cfg.KickRouter, tel: cfg.Telemetry, recoverAfter: cfg.RecoverAfter, kickWaker: cfg.KickWaker,
 	}
+	rt.combine = store.Group[*sendCall]{Runners: combineSenders, Max: combineCalls, Run: rt.sendShared}
+	return rt
 }
 
 // Channel is River's insert topic, on which producers are told of new jobs.

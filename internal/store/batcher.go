@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -28,16 +27,12 @@ import (
 //
 // When a statement fails, the batch's transaction rolls back as a whole;
 // its statements then run again in halves, down to the failing one alone,
-// so that only it sees its error. A connection error gives every statement of the batch
-// that error (its outcome is unknown, as for a single statement).
+// so that only it sees its error. A connection error gives every statement
+// of the batch that error (its outcome is unknown, as for a single
+// statement). The grouping itself is a Group's.
 type Batcher struct {
-	db       Pool
-	flushers int
-	maxBatch int
-
-	mu      sync.Mutex
-	queue   []*batchReq
-	running int
+	db    Pool
+	group Group[*batchReq]
 }
 
 type batchReq struct {
@@ -50,7 +45,9 @@ type batchReq struct {
 // NewBatcher builds a Batcher on db with at most flushers batches in
 // flight, each of at most maxBatch statements.
 func NewBatcher(db Pool, flushers, maxBatch int) *Batcher {
-	return &Batcher{db: db, flushers: max(1, flushers), maxBatch: max(1, maxBatch)}
+	b := &Batcher{db: db}
+	b.group = Group[*batchReq]{Runners: flushers, Max: maxBatch, Run: b.run}
+	return b
 }
 
 // batchTimeout bounds one batch: a statement's caller waits for its batch
@@ -77,43 +74,10 @@ func (r batchedRow) Scan(dest ...any) error {
 		return err
 	}
 	req := &batchReq{sql: r.sql, args: r.args, dest: dest, done: make(chan error, 1)}
-	b := r.b
-	b.mu.Lock()
-	b.queue = append(b.queue, req)
-	start := b.running < b.flushers
-	if start {
-		b.running++
-	}
-	b.mu.Unlock()
-	if start {
-		// This caller flushes, in its own goroutine, until its statement
-		// is done (an idle process pays no hand-off to another goroutine).
-		b.flush(req)
-	}
+	// A caller that finds a flusher free flushes, in its own goroutine,
+	// until its statement is done (an idle process pays no hand-off).
+	r.b.group.Submit(req, func() bool { return len(req.done) > 0 })
 	return <-req.done
-}
-
-// flush sends batches until the queue is empty or, with own set, until
-// own is done; a queue left then is flushed by a new goroutine.
-func (b *Batcher) flush(own *batchReq) {
-	for {
-		b.mu.Lock()
-		n := min(len(b.queue), b.maxBatch)
-		if own != nil && len(own.done) > 0 && n > 0 {
-			b.mu.Unlock()
-			go b.flush(nil)
-			return
-		}
-		if n == 0 {
-			b.running--
-			b.mu.Unlock()
-			return
-		}
-		reqs := append([]*batchReq(nil), b.queue[:n]...)
-		b.queue = append(b.queue[:0], b.queue[n:]...)
-		b.mu.Unlock()
-		b.run(reqs)
-	}
 }
 
 // run executes reqs in one batch; after a statement error it runs them

@@ -83,7 +83,7 @@ func TestBatcherIsolatesARefusedStatement(t *testing.T) {
 		_ = b.QueryRow(ctx, "SELECT pg_sleep(0.3)::text").Scan(new(string))
 		close(hold)
 	}()
-	require.Eventually(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.running == 1 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { b.group.mu.Lock(); defer b.group.mu.Unlock(); return b.group.running == 1 }, 5*time.Second, time.Millisecond)
 	vals := []int{1, 2, -3, 4}
 	errs := make([]error, len(vals))
 	var wg sync.WaitGroup
@@ -95,7 +95,7 @@ func TestBatcherIsolatesARefusedStatement(t *testing.T) {
 			errs[i] = b.QueryRow(ctx, "INSERT INTO "+table+" (v) VALUES ($1) RETURNING v", v).Scan(&out)
 		}()
 	}
-	require.Eventually(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.queue) == len(vals) }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { b.group.mu.Lock(); defer b.group.mu.Unlock(); return len(b.group.queue) == len(vals) }, 5*time.Second, time.Millisecond)
 	<-hold
 	wg.Wait()
 	var pgErr *pgconn.PgError
